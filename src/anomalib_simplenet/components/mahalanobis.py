@@ -1,0 +1,83 @@
+"""Mahalanobis distance to a Gaussian fitted on normal embeddings, with Ledoit–Wolf shrinkage.
+
+One implementation for the whole package (DistillClassifier, UNetAE, analyses). The Gaussian is fitted
+in torch, batched over any number of independent groups (e.g. one per feature-map location), and kept in
+buffers so that it is saved in checkpoints and exported with the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ledoit_wolf_covariance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrunk covariance of ``samples`` ``(G, N, D)`` (G groups of N samples), as sklearn's ``LedoitWolf``.
+
+    Returns:
+        Covariances ``(G, D, D)`` and shrinkage coefficients ``(G,)``.
+    """
+    groups, count, dim = samples.shape
+    centred = samples - samples.mean(dim=1, keepdim=True)
+    empirical = centred.transpose(1, 2) @ centred / count
+    squared = centred**2
+    mu = squared.sum(dim=(1, 2)) / (count * dim)  # trace(empirical) / D
+    beta_sum = (squared.transpose(1, 2) @ squared).sum(dim=(1, 2))
+    delta_sum = (empirical**2).sum(dim=(1, 2))
+    beta = (beta_sum / count - delta_sum) / (dim * count)
+    delta = (delta_sum - 2 * mu * squared.sum(dim=(1, 2)) / count + dim * mu**2) / dim
+    beta = torch.minimum(beta, delta)
+    shrinkage = torch.where(delta > 0, beta / delta.clamp_min(torch.finfo(delta.dtype).tiny), torch.zeros_like(delta))
+    identity = torch.eye(dim, dtype=samples.dtype, device=samples.device).expand(groups, dim, dim)
+    covariance = (1 - shrinkage)[:, None, None] * empirical + (shrinkage * mu)[:, None, None] * identity
+    return covariance, shrinkage
+
+
+class MahalanobisDistance(nn.Module):
+    """Distance of embeddings to Gaussians fitted on normal data.
+
+    Args:
+        dim: embedding length ``D``.
+        groups: number of independent Gaussians ``G`` (1 for image embeddings; ``H·W`` for one per location).
+        eps: added to the covariance diagonal before inversion, for numerical safety.
+    """
+
+    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(groups, dim))
+        self.register_buffer("precision", torch.eye(dim).repeat(groups, 1, 1))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit(self, embeddings: torch.Tensor) -> MahalanobisDistance:
+        """Fit on normal embeddings ``(N, G, D)`` (or ``(N, D)`` when ``G == 1``)."""
+        if embeddings.dim() == 2:
+            embeddings = embeddings[:, None]
+        count, groups, dim = embeddings.shape
+        if (groups, dim) != tuple(self.mean.shape):
+            msg = f"embeddings of shape (N, {groups}, {dim}) do not match (groups, dim) = {tuple(self.mean.shape)}"
+            raise ValueError(msg)
+        if count < 2:
+            msg = f"need at least 2 normal embeddings to fit a Gaussian, got {count}"
+            raise ValueError(msg)
+        if not torch.isfinite(embeddings).all():
+            msg = "embeddings contain NaN or inf; cannot fit the Gaussian"
+            raise ValueError(msg)
+        samples = embeddings.double().transpose(0, 1)  # (G, N, D), double for a stable inverse
+        covariance, _ = ledoit_wolf_covariance(samples)
+        covariance = covariance + self.eps * torch.eye(dim, dtype=covariance.dtype, device=covariance.device)
+        self.mean.copy_(samples.mean(dim=1).to(self.mean.dtype))
+        self.precision.copy_(torch.linalg.inv(covariance).to(self.precision.dtype))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Distances ``(N, G)`` for embeddings ``(N, G, D)``; ``(N,)`` for ``(N, D)`` when ``G == 1``."""
+        squeeze = embeddings.dim() == 2
+        if squeeze:
+            embeddings = embeddings[:, None]
+        delta = embeddings - self.mean
+        squared = torch.einsum("ngd,gde,nge->ng", delta, self.precision, delta)
+        distance = squared.clamp_min(0).sqrt()
+        return distance[:, 0] if squeeze else distance

@@ -1,0 +1,99 @@
+"""Locally aggregated patch features, as in PatchCore and SimpleNet.
+
+Each location of a feature map is described by its ``k×k`` neighbourhood; the flattened neighbourhood vector
+(channel-major: ``c, ky, kx``) is averaged down to a fixed length with adaptive 1-D average pooling, deeper
+layers are bilinearly resized to the first layer's grid, and all layers are pooled together to the target
+length. Pooling acts on channels and resizing on space, so they commute: we pool *before* resizing, which
+gives the same result as the official order at a fraction of the memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+def adaptive_pool_matrix(in_channels: int, out_channels: int) -> torch.Tensor:
+    """Matrix ``(out, in)`` equal to ``F.adaptive_avg_pool1d`` from ``in`` to ``out`` elements."""
+    matrix = torch.zeros(out_channels, in_channels)
+    for index in range(out_channels):
+        start = (index * in_channels) // out_channels
+        end = -((-(index + 1) * in_channels) // out_channels)  # ceil division
+        matrix[index, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+class ChannelPool(nn.Module):
+    """Adaptive average pooling over the channel axis of ``(N, C, H, W)`` maps.
+
+    Divisible sizes use a reshape and a mean (cheap, exports to ONNX as ReduceMean); other sizes use the
+    exact pooling matrix as a 1×1 convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.group = in_channels // out_channels if in_channels % out_channels == 0 else 0
+        matrix = None if self.group else adaptive_pool_matrix(in_channels, out_channels)[:, :, None, None]
+        self.register_buffer("matrix", matrix, persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool ``(N, in, H, W)`` to ``(N, out, H, W)``."""
+        if self.group == 1:
+            return features
+        if self.group:
+            batch, _, height, width = features.shape
+            return features.reshape(batch, self.out_channels, self.group, height, width).mean(dim=2)
+        return F.conv2d(features, self.matrix)
+
+
+def neighbourhoods(features: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Stack each location's ``k×k`` neighbourhood: ``(N, C, H, W)`` → ``(N, C·k·k, H, W)`` (zero padded)."""
+    if patch_size == 1:
+        return features
+    batch, _, height, width = features.shape
+    unfolded = F.unfold(features, kernel_size=patch_size, padding=(patch_size - 1) // 2, stride=1)
+    return unfolded.reshape(batch, -1, height, width)
+
+
+class PatchAggregator(nn.Module):
+    """Turn a list of backbone maps into one ``(N, target_dim, H₀, W₀)`` map on the first map's grid.
+
+    Args:
+        channels: channels of each input layer.
+        patch_size: neighbourhood size ``k`` (odd).
+        pretrain_embed_dim: per-layer length after pooling the neighbourhood vector.
+        target_embed_dim: final length after pooling all layers together.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        patch_size: int = 3,
+        pretrain_embed_dim: int = 1536,
+        target_embed_dim: int = 1536,
+    ) -> None:
+        super().__init__()
+        if patch_size < 1 or patch_size % 2 == 0:
+            msg = f"patch_size must be a positive odd number, got {patch_size}"
+            raise ValueError(msg)
+        self.patch_size = patch_size
+        area = patch_size * patch_size
+        self.layer_pools = nn.ModuleList(ChannelPool(c * area, pretrain_embed_dim) for c in channels)
+        self.merge_pool = ChannelPool(pretrain_embed_dim * len(channels), target_embed_dim)
+        self.out_channels = target_embed_dim
+
+    def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Aggregate ``[(N, C_l, H_l, W_l)]`` into ``(N, target_embed_dim, H₀, W₀)``."""
+        grid = feature_maps[0].shape[-2:]
+        pooled = []
+        for features, pool in zip(feature_maps, self.layer_pools, strict=True):
+            layer = pool(neighbourhoods(features, self.patch_size))
+            if layer.shape[-2:] != grid:
+                layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
+            pooled.append(layer)
+        return self.merge_pool(torch.cat(pooled, dim=1))

@@ -1,0 +1,146 @@
+"""SimpleNet as an anomalib model (thin Lightning wrapper around :class:`SimpleNetModel`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+
+from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
+
+from .loss import TruncatedL1Loss
+from .torch_model import SimpleNetModel
+
+
+class SimpleNet(AnomalibModule):
+    """SimpleNet (Liu et al., CVPR 2023) with the official code's defaults.
+
+    Args:
+        backbone: timm backbone name.
+        layers: backbone layers to aggregate.
+        pre_trained: ImageNet weights for the backbone (needs the hub or its cache).
+        backbone_weights: local backbone state dict (``.pth``/``.pt``/``.safetensors``/``.bin``); overrides
+            ``pre_trained``. For air-gapped machines.
+        image_size: model input size; the default pre-processor resizes to it.
+        patch_size: neighbourhood size of the local aggregation.
+        pretrain_embed_dim: per-layer feature length.
+        target_embed_dim: final feature length.
+        adapter_layers: number of feature-adapter layers.
+        discriminator_layers: number of discriminator layers.
+        discriminator_hidden: discriminator hidden width.
+        noise_std: σ of the Gaussian noise that makes synthetic anomalous features.
+        margin: margin of the truncated L1 loss.
+        adapter_lr: AdamW learning rate of the adapter.
+        discriminator_lr: Adam learning rate of the discriminator.
+        discriminator_weight_decay: Adam weight decay of the discriminator.
+        anomaly_map_sigma: Gaussian smoothing σ (pixels) of the anomaly map.
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        image_size: int | tuple[int, int] = 288,
+        patch_size: int = 3,
+        pretrain_embed_dim: int = 1536,
+        target_embed_dim: int = 1536,
+        adapter_layers: int = 1,
+        discriminator_layers: int = 2,
+        discriminator_hidden: int = 1024,
+        noise_std: float = 0.015,
+        margin: float = 0.5,
+        adapter_lr: float = 1e-4,
+        discriminator_lr: float = 2e-4,
+        discriminator_weight_decay: float = 1e-5,
+        anomaly_map_sigma: float = 4.0,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(as_size(image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = SimpleNetModel(
+            backbone=backbone,
+            layers=list(layers),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            patch_size=patch_size,
+            pretrain_embed_dim=pretrain_embed_dim,
+            target_embed_dim=target_embed_dim,
+            adapter_layers=adapter_layers,
+            discriminator_layers=discriminator_layers,
+            discriminator_hidden=discriminator_hidden,
+            noise_std=noise_std,
+            anomaly_map_sigma=anomaly_map_sigma,
+        )
+        self.loss = TruncatedL1Loss(margin)
+        # Two optimisers of different kinds (AdamW / Adam with L2), as the official code.
+        self.automatic_optimization = False
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to ``image_size`` (default 288×288) and normalise with ImageNet statistics."""
+        return imagenet_pre_processor(image_size or (288, 288))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW for the adapter, Adam with weight decay for the discriminator."""
+        adapter_optimizer = torch.optim.AdamW(self.model.adapter.parameters(), lr=self.hparams.adapter_lr)
+        discriminator_optimizer = torch.optim.Adam(
+            self.model.discriminator.parameters(),
+            lr=self.hparams.discriminator_lr,
+            weight_decay=self.hparams.discriminator_weight_decay,
+        )
+        return [adapter_optimizer, discriminator_optimizer]
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One step on normal images: adapted vs noised features through the discriminator."""
+        del args, kwargs
+        normal_scores, noised_scores = self.model(batch.image)
+        loss = self.loss(normal_scores, noised_scores)
+        optimizers = self.optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in optimizers:
+            optimizer.step()
+        margin, size = self.loss.margin, len(batch.image)
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=size)
+        # Fractions of locations already past the margin: the official code's p_true / p_fake.
+        self.log("train_p_normal", (normal_scores >= margin).float().mean(), on_epoch=True, batch_size=size)
+        self.log("train_p_noised", (noised_scores <= -margin).float().mean(), on_epoch=True, batch_size=size)
+        return {"loss": loss.detach()}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict on validation images (the post-processor fits its threshold and normalisation on them)."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation steps: they would feed an untrained model into the post-processor."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,127 @@
+"""Unit tests of SimpleNet's torch model, loss and noise generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_simplenet.models.simplenet.loss import TruncatedL1Loss
+from anomalib_simplenet.models.simplenet.torch_model import AnomalyFeatureGenerator, SimpleNetModel
+
+SMALL = {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 64, "target_embed_dim": 64,
+         "discriminator_hidden": 32}
+
+
+@pytest.fixture(scope="module")
+def model() -> SimpleNetModel:
+    torch.manual_seed(0)
+    return SimpleNetModel(**SMALL)
+
+
+def test_backbone_stops_at_last_used_layer_and_is_frozen(model: SimpleNetModel) -> None:
+    children = [name for name, _ in model.feature_extractor.named_children()]
+    assert children[-1] == "layer3"
+    assert "layer4" not in children
+    assert not any(p.requires_grad for p in model.feature_extractor.parameters())
+    model.train()
+    assert not model.feature_extractor.training, "frozen backbone must stay in eval mode during training"
+    assert model.adapter.training and model.discriminator.training
+
+
+def test_backbone_statistics_do_not_move_in_training(model: SimpleNetModel) -> None:
+    model.train()
+    before = {k: v.clone() for k, v in model.feature_extractor.state_dict().items()}
+    model(torch.randn(2, 3, 64, 64))
+    after = model.feature_extractor.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_mode_shapes(model: SimpleNetModel) -> None:
+    model.train()
+    normal, noised = model(torch.randn(3, 3, 64, 64))
+    assert normal.shape == noised.shape == (3, 1, 8, 8)  # layer2 grid: stride 8
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (72, 100)])
+def test_eval_mode_returns_inference_batch(model: SimpleNetModel, height: int, width: int) -> None:
+    model.eval()
+    output = model(torch.randn(2, 3, height, width))
+    assert isinstance(output, InferenceBatch)
+    assert output.pred_score.shape == (2,)
+    assert output.anomaly_map.shape == (2, 1, height, width)
+    scores = model.score_map(model.extract_features(torch.randn(2, 3, height, width)))
+    assert scores.shape[1] == 1
+
+
+def test_image_score_is_max_of_location_scores(model: SimpleNetModel) -> None:
+    model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    output = model(images)
+    scores = model.score_map(model.extract_features(images))
+    torch.testing.assert_close(output.pred_score, scores.flatten(1).max(dim=1).values)
+
+
+def test_gradients_reach_adapter_and_discriminator_only(model: SimpleNetModel) -> None:
+    model.train()
+    normal, noised = model(torch.randn(2, 3, 64, 64))
+    TruncatedL1Loss()(normal, noised).backward()
+    assert all(p.grad is not None for p in model.adapter.parameters())
+    assert all(p.grad is not None for p in model.discriminator.parameters())
+    assert all(p.grad is None for p in model.feature_extractor.parameters())
+
+
+def test_embedding_shape(model: SimpleNetModel) -> None:
+    model.eval()
+    assert model.image_embedding(torch.randn(3, 3, 64, 64)).shape == (3, 64)
+
+
+def test_truncated_l1_loss_values() -> None:
+    loss = TruncatedL1Loss(margin=0.5)
+    # normal: 1.0 is past the margin (0), 0.0 costs 0.5 → mean 0.25; noised: -1.0 → 0, 0.2 → 0.7 → mean 0.35
+    value = loss(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.2]))
+    torch.testing.assert_close(value, torch.tensor(0.6))
+    assert loss(torch.tensor([0.5, 2.0]), torch.tensor([-0.5, -3.0])) == 0
+
+
+def test_noise_generator_statistics() -> None:
+    torch.manual_seed(0)
+    features = torch.zeros(64, 32, 16, 16)
+    noised = AnomalyFeatureGenerator(noise_std=0.015)(features)
+    assert noised.shape == features.shape
+    assert abs(noised.mean().item()) < 1e-3
+    assert noised.std().item() == pytest.approx(0.015, rel=0.02)
+    with pytest.raises(ValueError, match="noise_std"):
+        AnomalyFeatureGenerator(noise_std=0.0)
+
+
+def test_default_configuration_matches_paper() -> None:
+    model = SimpleNetModel(backbone="wide_resnet50_2", pre_trained=False)
+    assert model.feature_extractor.feature_info.channels() == [512, 1024]
+    assert model.aggregator.out_channels == 1536
+    assert len(model.adapter) == 1
+    hidden = model.discriminator[0]
+    assert (hidden.in_channels, hidden.out_channels) == (1536, 1024)
+    assert isinstance(model.discriminator[1], torch.nn.BatchNorm2d)
+    assert model.discriminator[2].negative_slope == 0.2
+    assert model.noise_generator.noise_std == 0.015
+    assert model.anomaly_map_generator.sigma == 4.0
+
+
+def test_training_steps_separate_normal_from_noised() -> None:
+    """With the official optimisers and learning rates, the loss falls on a fixed batch of features."""
+    torch.manual_seed(0)
+    net = SimpleNetModel(**SMALL).train()
+    features = net.extract_features(torch.randn(4, 3, 64, 64))
+    adapter_opt = torch.optim.AdamW(net.adapter.parameters(), lr=1e-4)
+    discriminator_opt = torch.optim.Adam(net.discriminator.parameters(), lr=2e-4, weight_decay=1e-5)
+    loss_fn, losses = TruncatedL1Loss(), []
+    for _ in range(30):
+        loss = loss_fn(*net.discriminate(features))
+        adapter_opt.zero_grad()
+        discriminator_opt.zero_grad()
+        loss.backward()
+        adapter_opt.step()
+        discriminator_opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
