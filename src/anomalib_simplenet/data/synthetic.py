@@ -1,8 +1,8 @@
 """Small synthetic anomaly-detection datasets in the MVTec AD folder layout, deterministic by seed.
 
 Normal images are a woven texture (two sinusoidal gratings with a random phase and a little noise);
-defects are drawn on top of it (``blob``: a dark or bright ellipse; ``scratch``: a thin bright line) and
-each defect image has a binary mask. The result loads with anomalib's ``MVTecAD(root, category)``::
+defects are drawn on top of it (``blob``: an elliptical patch where the weave is replaced by coarse grain, as
+a stain or contamination; ``scratch``: a thin dark or bright line) and each defect image has a binary mask. The result loads with anomalib's ``MVTecAD(root, category)``::
 
     root/category/train/good/000.png
     root/category/test/{good,blob,scratch}/000.png
@@ -51,16 +51,17 @@ def _draw_defect(rng: np.random.Generator, image: Image.Image, kind: str) -> Ima
     mask = Image.new("L", image.size, 0)
     draw, mask_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
     if kind == "blob":
-        radius = rng.uniform(0.08, 0.16) * size
+        radius = rng.uniform(0.1, 0.18) * size
         cx, cy = rng.uniform(radius, size - radius, size=2)
-        box = [cx - radius, cy - radius * 0.7, cx + radius, cy + radius * 0.7]
-        colour = (30, 25, 20) if rng.random() < 0.5 else (250, 240, 220)
-        draw.ellipse(box, fill=colour)
-        mask_draw.ellipse(box, fill=255)
+        mask_draw.ellipse([cx - radius, cy - radius * 0.7, cx + radius, cy + radius * 0.7], fill=255)
+        grain = rng.uniform(0.15, 0.85, size=(size // 4 + 1, size // 4 + 1))
+        grain = np.kron(grain, np.ones((4, 4)))[:size, :size, None] * np.array([1.0, 0.9, 0.75])
+        image.paste(Image.fromarray((grain * 255).astype(np.uint8)), (0, 0), mask)
     elif kind == "scratch":
         x0, y0, x1, y1 = rng.uniform(0.1 * size, 0.9 * size, size=4)
         width = max(2, int(size / 40))
-        draw.line([x0, y0, x1, y1], fill=(255, 255, 255), width=width)
+        colour = (255, 255, 255) if rng.random() < 0.5 else (20, 20, 20)
+        draw.line([x0, y0, x1, y1], fill=colour, width=width)
         mask_draw.line([x0, y0, x1, y1], fill=255, width=width)
     else:
         msg = f"unknown defect type {kind!r}; choose from {DEFECT_TYPES}"
