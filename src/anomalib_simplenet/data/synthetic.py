@@ -2,7 +2,8 @@
 
 Normal images are a woven texture (two sinusoidal gratings with a random phase and a little noise);
 defects are drawn on top of it (``blob``: an elliptical patch where the weave is replaced by coarse grain, as
-a stain or contamination; ``scratch``: a thin dark or bright line) and each defect image has a binary mask. The result loads with anomalib's ``MVTecAD(root, category)``::
+a stain or contamination; ``scratch``: a thin dark or bright line) and each defect image has a binary mask.
+The result loads with anomalib's ``MVTecAD(root, category)``::
 
     root/category/train/good/000.png
     root/category/test/{good,blob,scratch}/000.png
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 DEFECT_TYPES = ("blob", "scratch")
+# Warm tint shared by the weave and the stain grain, so a stain differs in structure, not in colour cast.
+_TINT = np.array([1.0, 0.9, 0.75], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     phase_x, phase_y = rng.uniform(0, 2 * np.pi, size=2)
     pattern = np.sin(2 * np.pi * xx / period + phase_x) * np.sin(2 * np.pi * yy / period + phase_y)
     gray = 0.5 + 0.2 * pattern + rng.normal(0.0, 0.02, size=(size, size))
-    tint = np.array([1.0, 0.9, 0.75], dtype=np.float32)
-    return (np.clip(gray[..., None] * tint, 0, 1) * 255).astype(np.uint8)
+    return (np.clip(gray[..., None] * _TINT, 0, 1) * 255).astype(np.uint8)
 
 
 def _draw_defect(rng: np.random.Generator, image: Image.Image, kind: str) -> Image.Image:
@@ -55,7 +57,7 @@ def _draw_defect(rng: np.random.Generator, image: Image.Image, kind: str) -> Ima
         cx, cy = rng.uniform(radius, size - radius, size=2)
         mask_draw.ellipse([cx - radius, cy - radius * 0.7, cx + radius, cy + radius * 0.7], fill=255)
         grain = rng.uniform(0.15, 0.85, size=(size // 4 + 1, size // 4 + 1))
-        grain = np.kron(grain, np.ones((4, 4)))[:size, :size, None] * np.array([1.0, 0.9, 0.75])
+        grain = np.kron(grain, np.ones((4, 4)))[:size, :size, None] * _TINT
         image.paste(Image.fromarray((grain * 255).astype(np.uint8)), (0, 0), mask)
     elif kind == "scratch":
         x0, y0, x1, y1 = rng.uniform(0.1 * size, 0.9 * size, size=4)
