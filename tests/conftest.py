@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from anomalib_simplenet.data import make_synthetic_mvtec
 
@@ -22,6 +24,20 @@ TINY_SIMPLENET = {
     "target_embed_dim": 256,
     "discriminator_hidden": 128,
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread() -> object:
+    """Tiny models: a second intra-op thread only busy-waits, and on a shared CPU that costs up to 20× time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def anomalib_command() -> str:
+    """The ``anomalib`` console script of this interpreter's environment."""
+    return shutil.which("anomalib") or str(Path(sys.executable).with_name("anomalib"))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET, anomalib_command, mvtec_datamodule
 
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score")
 
@@ -74,9 +73,8 @@ def test_pre_processor_resizes_to_image_size() -> None:
 
 @pytest.mark.slow
 def test_anomalib_cli_train(synthetic_root: Path, tmp_path: Path) -> None:
-    anomalib = shutil.which("anomalib") or str(Path(__import__("sys").executable).with_name("anomalib"))
     command = [
-        anomalib, "train", "--model", "SimpleNet",
+        anomalib_command(), "train", "--model", "SimpleNet",
         "--model.backbone", "resnet18", "--model.pre_trained", "false", "--model.image_size", "64",
         "--model.pretrain_embed_dim", "256", "--model.target_embed_dim", "256", "--model.discriminator_hidden", "128",
         "--data", "MVTecAD", "--data.root", str(synthetic_root), "--data.category", "synthetic",

@@ -5,6 +5,8 @@ and ``anomalib train --model SimpleNet`` find them (the installed ``.pth`` hook 
 """
 
 from anomalib_simplenet.models import SimpleNet
+from anomalib_simplenet.models import UNetAE
+from anomalib_simplenet.models import DistillClassifier
 
 __version__ = "0.1.0"
-__all__ = ["SimpleNet"]
+__all__ = ["SimpleNet", "UNetAE", "DistillClassifier"]

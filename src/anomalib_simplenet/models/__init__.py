@@ -1,5 +1,7 @@
 """Anomaly-detection models of the plugin."""
 
 from .simplenet import SimpleNet
+from .unet_ae import UNetAE
+from .distill_classifier import DistillClassifier
 
-__all__ = ["SimpleNet"]
+__all__ = ["SimpleNet", "UNetAE", "DistillClassifier"]

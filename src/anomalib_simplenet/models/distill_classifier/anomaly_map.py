@@ -1,0 +1,44 @@
+"""Combine per-stage Mahalanobis distance maps into one smoothed anomaly map at input resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Per-stage distances ``[(N, 1, h_l, w_l)]`` → ``(N, 1, H, W)`` anomaly map.
+
+    Each stage's distance is divided by ``sqrt(D_l)`` (a normal location's Mahalanobis distance is about
+    ``sqrt(D_l)``, so stages of different width weigh the same), upsampled to the finest stage's grid and
+    averaged; the result is upsampled to the input size and smoothed with a Gaussian of σ pixels.
+
+    Args:
+        dims: feature length ``D_l`` of each stage, in the order of the maps given to ``forward``.
+        sigma: σ (pixels) of the Gaussian smoothing; 0 disables it.
+    """
+
+    def __init__(self, dims: Sequence[int], sigma: float = 4.0) -> None:
+        super().__init__()
+        if sigma < 0:
+            msg = f"anomaly_map_sigma must be >= 0, got {sigma}"
+            raise ValueError(msg)
+        self.register_buffer("scales", torch.tensor([float(d) ** -0.5 for d in dims]), persistent=False)
+        self.sigma = sigma
+        kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=kernel_size) if sigma > 0 else None
+
+    def forward(self, distance_maps: Sequence[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Return the smoothed anomaly map at ``image_size``."""
+        grid = max((m.shape[-2:] for m in distance_maps), key=lambda size: size[0] * size[1])
+        resized = [
+            m if m.shape[-2:] == grid else F.interpolate(m, size=tuple(grid), mode="bilinear", align_corners=False)
+            for m in distance_maps
+        ]
+        combined = (torch.stack(resized) * self.scales.view(-1, 1, 1, 1, 1)).mean(dim=0)
+        anomaly_map = F.interpolate(combined, size=tuple(image_size), mode="bilinear", align_corners=False)
+        return self.blur(anomaly_map) if self.blur is not None else anomaly_map
