@@ -1,6 +1,6 @@
 """DistillClassifier on magnetic_tile: ``mode="scratch"`` vs ``mode="distill"``; prints a table.
 
-A deterministic subset (the first images of each folder in sorted order) is copied into a temporary MVTec-layout
+A deterministic subset (evenly spaced images of each folder in sorted order) is copied into a temporary MVTec-layout
 root; validation images are half of that test subset (seeded, disjoint from the test images). Both runs use
 the same data, seed and settings. Run::
 
@@ -13,7 +13,6 @@ ResNet-18 (``pre_trained=False``), which says nothing about distillation from Im
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,27 +23,9 @@ from anomalib.engine import Engine
 from sklearn.metrics import roc_auc_score
 
 from anomalib_simplenet import DistillClassifier
+from anomalib_simplenet.data.subset import make_subset
 
 DEFECTS = ("blowhole", "break", "crack", "fray", "uneven")
-
-
-def make_subset(source: Path, target: Path, n_train: int, n_test_good: int, n_per_defect: int) -> Path:
-    """Copy the first images of each folder (sorted) and their masks into ``target/magnetic_tile``.
-
-    Copies, not symlinks: anomalib's MVTec reader skips symlinked files.
-    """
-    category = target / "magnetic_tile"
-    take = {"train/good": n_train, "test/good": n_test_good, **{f"test/{d}": n_per_defect for d in DEFECTS}}
-    for folder, count in take.items():
-        (category / folder).mkdir(parents=True)
-        kind = folder.split("/")[1]
-        for file in sorted((source / folder).glob("*.png"))[:count]:
-            shutil.copy(file, category / folder / file.name)
-            if kind != "good":
-                mask = source / "ground_truth" / kind / f"{file.stem}_mask.png"
-                (category / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-                shutil.copy(mask, category / "ground_truth" / kind / mask.name)
-    return target
 
 
 @torch.no_grad()
@@ -109,7 +90,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         source, target = args.data / "magnetic_tile", Path(temporary) / "data"
-        root = make_subset(source, target, args.train, args.test_good, args.test_defect)
+        root = make_subset(source, target / "magnetic_tile", args.train, args.test_good, args.test_defect, DEFECTS)
         results = {mode: run(mode, root, args, Path(temporary) / "results") for mode in args.modes}
 
     teacher = args.teacher_weights or ("ImageNet" if args.imagenet else "random (pre_trained=False)")

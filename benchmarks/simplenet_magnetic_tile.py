@@ -9,7 +9,6 @@ images the metrics are computed on. Prints a Markdown table and the backbone wei
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -18,22 +17,9 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.data.subset import make_subset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def subset(source: Path, target: Path, train_images: int) -> Path:
-    """Copy ``train_images`` evenly spaced train/good images and the whole test set into ``target``."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source / "test", target / "test")
-    shutil.copytree(source / "ground_truth", target / "ground_truth")
-    files = sorted((source / "train" / "good").glob("*.png"))
-    step = max(1, len(files) // train_images)
-    (target / "train" / "good").mkdir(parents=True)
-    for file in files[::step][:train_images]:
-        shutil.copy(file, target / "train" / "good" / file.name)
-    return target.parent
 
 
 def main() -> None:
@@ -48,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    root = subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images)
+    root = make_subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images)
     datamodule = MVTecAD(root=root, category="magnetic_tile", train_batch_size=8, eval_batch_size=16,
                          num_workers=2, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
     model = SimpleNet(backbone=args.backbone, pre_trained=False, backbone_weights=args.weights,

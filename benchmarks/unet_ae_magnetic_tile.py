@@ -16,7 +16,6 @@ gets ``loss_curves.png`` (train and val loss per epoch) and reconstruction grids
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -32,29 +31,9 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_simplenet import UNetAE
 from anomalib_simplenet.models.unet_ae import ReconstructionSaver
+from anomalib_simplenet.data.subset import make_subset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def subset(source: Path, target: Path, train_images: int, test_good: int, test_defects: int) -> Path:
-    """Copy evenly spaced train/good and test images (with their masks) into ``target``; return its root."""
-    if target.exists():
-        shutil.rmtree(target)
-    for folder in sorted(p for p in (source / "test").iterdir() if p.is_dir()):
-        files = sorted(folder.glob("*.png"))
-        count = test_good if folder.name == "good" else test_defects
-        (target / "test" / folder.name).mkdir(parents=True)
-        for file in files[:: max(1, len(files) // count)][:count]:
-            shutil.copy(file, target / "test" / folder.name / file.name)
-            if folder.name != "good":
-                mask = source / "ground_truth" / folder.name / f"{file.stem}_mask.png"
-                (target / "ground_truth" / folder.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy(mask, target / "ground_truth" / folder.name / mask.name)
-    files = sorted((source / "train" / "good").glob("*.png"))
-    (target / "train" / "good").mkdir(parents=True)
-    for file in files[:: max(1, len(files) // train_images)][:train_images]:
-        shutil.copy(file, target / "train" / "good" / file.name)
-    return target.parent
 
 
 class LossHistory(Callback):
@@ -147,7 +126,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    root = subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images,
+    root = make_subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images,
                   args.test_good, args.test_defects)
     rows = {latent: run(latent, root, args) for latent in args.latents}
     print(f"\nUNetAE on magnetic_tile: {args.image_size}px, {args.train_images} train images, up to {args.epochs} "

@@ -19,6 +19,7 @@ from anomalib_simplenet import DistillClassifier
 from anomalib_simplenet.data import make_synthetic_mvtec
 from anomalib_simplenet.data.multi_category import MultiCategoryMVTec
 from anomalib_simplenet.models.distill_classifier.post_processing import PercentileThresholdPostProcessor
+from anomalib_simplenet.deploy import FP32_CPU_CONFIG
 
 from .conftest import anomalib_command, mvtec_datamodule
 
@@ -104,7 +105,7 @@ def test_checkpoint_reload_gives_identical_predictions(trained: tuple, synthetic
 def test_openvino_export_runs_the_student_alone(trained: tuple, synthetic_root: Path, tmp_path: Path) -> None:
     engine, model, _ = trained
     path = engine.export(model, ExportType.OPENVINO, export_root=tmp_path)
-    inferencer = OpenVINOInferencer(path=path, device="CPU")
+    inferencer = OpenVINOInferencer(path=path, device="CPU", config=FP32_CPU_CONFIG)
     paths, images = _test_images(synthetic_root, "synthetic")
     model.eval()
     with torch.no_grad():

@@ -1,13 +1,21 @@
-"""Unit tests of SimpleNet's torch model, loss and noise generator."""
+"""Unit tests of SimpleNet's torch model, loss, noise generator, fused fast paths and val_loss."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from anomalib.data import InferenceBatch
+from anomalib.engine import Engine
+from lightning.pytorch.callbacks import EarlyStopping
 
+from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.components.patch_features import PatchAggregator
 from anomalib_simplenet.models.simplenet.loss import TruncatedL1Loss
 from anomalib_simplenet.models.simplenet.torch_model import AnomalyFeatureGenerator, SimpleNetModel
+
+from .conftest import TINY_SIMPLENET, mvtec_datamodule
 
 SMALL = {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 64, "target_embed_dim": 64,
          "discriminator_hidden": 32}
@@ -125,3 +133,89 @@ def test_training_steps_separate_normal_from_noised() -> None:
         discriminator_opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_fused_head_equals_adapter_then_discriminator() -> None:
+    """The folded adapter·discriminator product gives the unfolded network's outputs, with the same noise draw."""
+    torch.manual_seed(0)
+    net = SimpleNetModel(**SMALL, adapter_layers=2).train()
+    features = net.extract_features(torch.randn(2, 3, 64, 64))
+    torch.manual_seed(1)
+    normal, noised = net.discriminate(features)
+    torch.manual_seed(1)
+    adapted = net.adapter(features)
+    reference = net.discriminator(torch.cat([adapted, net.noise_generator(adapted)]))
+    torch.testing.assert_close(torch.cat([normal, noised]), reference, rtol=1e-4, atol=1e-4)
+    net.eval()
+    torch.testing.assert_close(net.score_map(features), -net.discriminator(net.adapter(features)), rtol=1e-4, atol=1e-5)
+
+
+def test_noise_generator_argument_gives_repeatable_draws(model: SimpleNetModel) -> None:
+    model.eval()
+    features = model.extract_features(torch.randn(2, 3, 64, 64))
+    first = model.discriminate(features, generator=torch.Generator().manual_seed(3))[1]
+    second = model.discriminate(features, generator=torch.Generator().manual_seed(3))[1]
+    third = model.discriminate(features)[1]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.equal(first, third)
+
+
+@pytest.mark.parametrize(("channels", "pre_dim", "target_dim", "fused"),
+                         [([512, 1024], 1536, 1536, True), ([8, 16], 24, 16, True), ([8, 16], 48, 48, False)])
+def test_fused_aggregation_equals_unfold_and_pool(channels: list[int], pre_dim: int, target_dim: int,
+                                                  fused: bool) -> None:
+    """The fused row-mean path gives the unfold → pool → resize → pool numbers (4608/9216 → 1536 → 768 by default)."""
+    torch.manual_seed(0)
+    maps = [torch.randn(2, channels[0], 12, 12), torch.randn(2, channels[1], 6, 6)]
+    aggregator = PatchAggregator(channels, 3, pre_dim, target_dim)
+    assert aggregator.fused is fused
+    general = PatchAggregator(channels, 3, pre_dim, target_dim)
+    general.row_groups = None
+    torch.testing.assert_close(aggregator(maps), general(maps), rtol=1e-5, atol=1e-6)
+
+
+def test_val_loss_drives_early_stopping(synthetic_root: Path, tmp_path: Path) -> None:
+    """``val_loss`` (normal validation images, fixed noise) is logged during fit and EarlyStopping stops on it."""
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET)
+    # min_delta far above any change: epoch 1 sets the best, epoch 2 does not improve → stop after 2 of 10.
+    stopper = EarlyStopping(monitor="val_loss", mode="min", patience=1, min_delta=100.0)
+    engine = Engine(max_epochs=10, default_root_dir=tmp_path, accelerator="cpu", logger=False,
+                    enable_progress_bar=False, callbacks=[stopper])
+    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    engine.fit(model, datamodule=datamodule)
+    assert engine.trainer.current_epoch == 2
+    assert stopper.stopped_epoch == 1
+    val_loss = float(engine.trainer.callback_metrics["val_loss"])
+    assert 0.0 < val_loss < 2.0
+    # Fixed noise: validating the unchanged model again gives the same value.
+    again = engine.validate(model, datamodule=datamodule)[0]["val_loss"]
+    assert again == pytest.approx(val_loss, rel=1e-5)
+    assert "val_loss" not in engine.test(model, datamodule=datamodule)[0]
+
+
+def test_separable_blur_equals_anomalib_blur() -> None:
+    """Two 1-D passes give anomalib's 2-D Gaussian blur, and the kernel stays the same checkpoint buffer."""
+    from anomalib.models.components import GaussianBlur2d
+
+    from anomalib_simplenet.models.simplenet.anomaly_map import SeparableGaussianBlur2d
+
+    maps = torch.rand(2, 1, 40, 56)
+    separable, reference = SeparableGaussianBlur2d(sigma=4, kernel_size=33), GaussianBlur2d(sigma=4, kernel_size=33)
+    torch.testing.assert_close(separable(maps), reference(maps), rtol=1e-5, atol=1e-6)
+    assert separable.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_fused_weights_are_reused_only_while_parameters_are_unchanged() -> None:
+    torch.manual_seed(0)
+    net = SimpleNetModel(**SMALL).eval()
+    features = net.extract_features(torch.randn(2, 3, 64, 64))
+    with torch.inference_mode():
+        first = net.score_map(features)
+        assert net._fused_cache is not None
+        torch.testing.assert_close(net.score_map(features), first, rtol=0, atol=0)
+    with torch.no_grad():
+        net.adapter[0].weight.mul_(2.0)  # in place, as an optimiser step: the cached product is stale
+        changed = net.score_map(features)
+        torch.testing.assert_close(changed, -net.discriminator(net.adapter(features)), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(changed, first)

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from anomalib_simplenet import UNetAE
 from anomalib_simplenet.models.unet_ae import ReconstructionSaver
+from anomalib_simplenet.deploy import FP32_CPU_CONFIG
 
 from .conftest import REPO_ROOT, anomalib_command, mvtec_datamodule
 
@@ -116,7 +117,7 @@ def test_openvino_export_and_inferencer(trained: tuple, synthetic_root: Path, tm
     path = engine.export(model, ExportType.OPENVINO, export_root=tmp_path)
     assert path is not None and Path(path).is_file()
     image_path = sorted((synthetic_root / "synthetic" / "test" / "blob").glob("*.png"))[0]
-    result = OpenVINOInferencer(path=path, device="CPU").predict(image_path)
+    result = OpenVINOInferencer(path=path, device="CPU", config=FP32_CPU_CONFIG).predict(image_path)
     assert result.pred_score is not None and result.anomaly_map is not None
     assert result.anomaly_map.squeeze().shape == (64, 64)
     model.eval()

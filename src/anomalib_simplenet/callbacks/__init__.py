@@ -1,0 +1,5 @@
+"""Lightning callbacks of the plugin (imported on demand: ``import anomalib_simplenet`` does not load them)."""
+
+from .dbscan import DBSCANPostProcessor
+
+__all__ = ["DBSCANPostProcessor"]

@@ -1,9 +1,20 @@
-"""The plugin's default pre-processor: resize to the model's input size and ImageNet normalisation."""
+"""The plugin's pre-processors: resize to the model's input size (and ImageNet normalisation), export-safe.
+
+Every plugin model builds its pre-processor here. The resize is :class:`AntialiasedResize`, which runs the same
+antialiased filter in torch and in the exported ONNX/OpenVINO graph, so exported scores match the torch model on
+images of any size (a plain ``Resize(antialias=True)`` is exported without antialiasing by anomalib).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from anomalib.pre_processing import PreProcessor
-from torchvision.transforms.v2 import Compose, Normalize, Resize
+from anomalib.pre_processing.utils.spec import transform_to_spec
+from anomalib.pre_processing.utils.transform import get_exportable_transform
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
+
+from .resize import AntialiasedResize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -18,16 +29,67 @@ def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
+def _is_replaceable(resize: Resize) -> bool:
+    """A torchvision ``Resize`` that :class:`AntialiasedResize` computes identically (fixed size, bilinear, AA)."""
+    fixed_size = isinstance(resize.size, (list, tuple)) and len(resize.size) == 2 and resize.max_size is None
+    bilinear = resize.interpolation == InterpolationMode.BILINEAR
+    return fixed_size and bilinear and resize.antialias is not False
+
+
+def to_exportable(transform: Transform | None) -> Transform | None:
+    """Replace fixed-size bilinear antialiased ``Resize`` steps (also inside ``Compose``) by ``AntialiasedResize``."""
+    if type(transform) is Resize and _is_replaceable(transform):
+        return AntialiasedResize(transform.size)
+    if isinstance(transform, Compose):
+        return Compose([to_exportable(step) for step in transform.transforms])
+    return transform
+
+
+def to_torchvision(transform: Transform | None) -> Transform | None:
+    """Inverse of :func:`to_exportable`: ``AntialiasedResize`` → the equal ``Resize(antialias=True)`` (for specs)."""
+    if isinstance(transform, AntialiasedResize):
+        return Resize(list(transform.size), antialias=True)
+    if isinstance(transform, Compose):
+        return Compose([to_torchvision(step) for step in transform.transforms])
+    return transform
+
+
+class ExportablePreProcessor(PreProcessor):
+    """``PreProcessor`` whose resize is :class:`AntialiasedResize` in training, evaluation and export alike.
+
+    Checkpoints store the transform as anomalib's plain-data spec with a torchvision ``Resize(antialias=True)``
+    in place of ``AntialiasedResize`` (the same filter), so they load under ``weights_only=True`` and in plain
+    anomalib; loading converts it back. Checkpoints written before this class (torchvision ``Resize``) load the
+    same way and so gain the exportable resize too.
+    """
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        super().__init__(transform=to_exportable(transform))
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """anomalib's spec of the transform, with ``AntialiasedResize`` written as the equivalent ``Resize``."""
+        try:
+            return {"transform": transform_to_spec(to_torchvision(self.transform))}
+        except ValueError:  # a user transform outside anomalib's allow-list: anomalib's warning and fallback
+            return super().checkpoint_config()
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the spec, then use ``AntialiasedResize`` for its resize (torch and export)."""
+        super().load_checkpoint_config(config)
+        self.transform = to_exportable(self.transform)
+        self.export_transform = get_exportable_transform(self.transform)
+
+
 def imagenet_pre_processor(image_size: int | tuple[int, int]) -> PreProcessor:
-    """Resize to ``image_size`` and normalise with ImageNet statistics."""
-    return PreProcessor(
+    """Resize to ``image_size`` (antialiased, exportable) and normalise with ImageNet statistics."""
+    return ExportablePreProcessor(
         transform=Compose([
-            Resize(as_size(image_size), antialias=True),
+            AntialiasedResize(as_size(image_size)),
             Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ]),
     )
 
 
 def resize_pre_processor(image_size: int | tuple[int, int]) -> PreProcessor:
-    """Resize to ``image_size`` only: pixels stay in ``[0, 1]`` (for models trained from scratch to reconstruct them)."""
-    return PreProcessor(transform=Compose([Resize(as_size(image_size), antialias=True)]))
+    """Resize to ``image_size`` only: pixels stay in ``[0, 1]`` (for models trained from scratch to reproduce them)."""
+    return ExportablePreProcessor(transform=Compose([AntialiasedResize(as_size(image_size))]))

@@ -17,11 +17,14 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
+from anomalib_simplenet.components.size_checks import check_input_size
 
+from ..plugin_module import PluginModuleMixin
 from .fitting import collect_features, holdout_mask
 from .loss import FeatureDistillationLoss, SoftLabelDistillationLoss
-from .networks import STAGES, Teacher
+from .networks import STAGES, Teacher, stage_grid
 from .post_processing import PercentileThresholdPostProcessor
 from .tasks import (
     apply_transforms,
@@ -37,7 +40,7 @@ THRESHOLD_MODES = ("f1_adaptive", "percentile")
 _TEACHER_HEAD_KEY = "distill_classifier_teacher_head"
 
 
-class DistillClassifier(AnomalibModule):
+class DistillClassifier(PluginModuleMixin, AnomalibModule):
     """Small ResNet-18 student trained on normal images; Mahalanobis scoring of its features.
 
     **Training.** ``mode="scratch"``: the randomly initialised student learns a classification task.
@@ -131,6 +134,8 @@ class DistillClassifier(AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         _check_arguments(locals())
+        grid = stage_grid(as_size(image_size), "conv3_x")
+        check_input_size(as_size(image_size), anomaly_map_sigma, "DistillClassifier", grid, "conv3_x map")
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(as_size(image_size))
         super().__init__(
@@ -279,6 +284,7 @@ class DistillClassifier(AnomalibModule):
         """One optimisation step on normal training images."""
         del args, kwargs
         losses = self.objective(batch.image, batch.image_path, train=True)
+        check_finite_terms(losses, model=self)
         self._gaussians_stale = True
         for name, value in losses.items():
             key = "train_loss" if name == "loss" else f"train_{name}_loss"
@@ -349,6 +355,10 @@ class DistillClassifier(AnomalibModule):
         state = checkpoint.get(_TEACHER_HEAD_KEY)
         if state is not None and self.teacher is not None and self.teacher.head is not None:
             self.teacher.head.load_state_dict(state)
+
+    def export_fitted(self) -> bool:
+        """The Gaussians of the embeddings are fitted."""
+        return bool(self.model.is_fitted)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

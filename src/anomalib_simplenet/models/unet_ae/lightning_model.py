@@ -16,8 +16,11 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, resize_pre_processor
+from anomalib_simplenet.components.size_checks import check_input_size
 
+from ..plugin_module import PluginModuleMixin
 from .anomaly_map import image_score
 from .loss import ReconstructionLoss
 from .torch_model import UNetAEModel
@@ -25,7 +28,7 @@ from .torch_model import UNetAEModel
 logger = logging.getLogger(__name__)
 
 
-class UNetAE(AnomalibModule):
+class UNetAE(PluginModuleMixin, AnomalibModule):
     """U-Net-shaped auto-encoder trained from scratch on normal images; anomalies are badly reconstructed pixels.
 
     Args:
@@ -108,6 +111,9 @@ class UNetAE(AnomalibModule):
             use_embedding_score=use_embedding_score,
             embedding_weight=embedding_weight,
         )
+        height, width = as_size(image_size)
+        bottleneck = (-(-height // 2**depth), -(-width // 2**depth))
+        check_input_size((height, width), anomaly_map_sigma, "UNetAE", bottleneck, f"bottleneck (depth={depth})")
         self.loss = ReconstructionLoss(self.model.anomaly_map_generator.ssim, l2_weight, ssim_weight)
         self._trained_since_fit = False
         self._val_loss_sums = torch.zeros(4)  # normal-image loss sum, normal count, all-image loss sum, all count
@@ -128,6 +134,7 @@ class UNetAE(AnomalibModule):
         del args, kwargs
         reconstruction = self.model(batch.image)
         l2, ssim = (term.mean() for term in self.loss.terms(reconstruction, batch.image))
+        check_finite_terms({"l2": l2, "ssim": ssim}, model=self)
         loss = self.loss.l2_weight * l2 + self.loss.ssim_weight * ssim
         self._trained_since_fit = True
         size = len(batch.image)
@@ -215,6 +222,10 @@ class UNetAE(AnomalibModule):
             logger.warning("UNetAE: no normal validation image; val_loss uses all validation images.")
         val_loss = normal_sum / normal_count if normal_count else all_sum / all_count
         self.log("val_loss", val_loss, prog_bar=True)
+
+    def export_fitted(self) -> bool:
+        """The embedding-score Gaussian is fitted (when the image score uses it)."""
+        return not self.model.use_embedding_score or bool(self.model.mahalanobis.fitted)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -1,0 +1,152 @@
+"""One benchmark run: data → (train or load) model → export every variant → measure each → report files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from .data import build_datamodule, load_test_samples, make_subset
+from .export import export_variants, short_error
+from .measure import measure
+from .plot import plot_report
+from .report import Row, markdown_table, row_record, write_report
+from .runtime import load_runner
+from .variants import select_variants
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything a run needs. ``model`` is a class name of this plugin or of ``anomalib.models``."""
+
+    model: str
+    data_root: Path
+    category: str
+    output: Path
+    model_args: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    epochs: int = 1
+    max_train: int | None = None
+    max_test: int | None = None
+    batch_size: int = 8
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    ov_precision: str = "f32"
+    warmup: int = 3
+    throughput_seconds: float = 5.0
+    with_acq: bool = False
+    max_drop: float = 0.01
+    input_size: tuple[int, int] | None = None
+    val_split_ratio: float = 0.5
+    seed: int = 0
+
+
+def _step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def resolve_model_class(name: str) -> type:
+    """Model class by name: this plugin's models first, then anomalib's."""
+    import anomalib.models
+
+    import anomalib_simplenet
+
+    cls = getattr(anomalib_simplenet, name, None) or getattr(anomalib.models, name, None)
+    if not isinstance(cls, type):
+        msg = f"--model: no model class {name!r} in anomalib_simplenet or anomalib.models"
+        raise ValueError(msg)  # noqa: TRY004 (an unknown name, not a wrong type)
+    return cls
+
+
+def _environment() -> dict[str, str]:
+    import anomalib
+    import nncf
+    import openvino
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    versions = f"torch {torch.__version__}, openvino {openvino.__version__}, nncf {nncf.__version__}, "
+    return {"cpu": f"{cpu} ({os.cpu_count()} cores)", "versions": versions + f"anomalib {anomalib.__version__}"}
+
+
+def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
+    """Run the whole benchmark and write its files into ``config.output``; returns the table records."""
+    started = time.time()
+    run_dir = Path(config.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed, workers=True)
+    torch.set_num_threads(config.threads)
+
+    root = Path(config.data_root)
+    if config.max_train is not None or config.max_test is not None:
+        _step(f"subset of {root / config.category}: ≤{config.max_train} train, ≤{config.max_test} test images")
+        root = make_subset(root, config.category, run_dir / "data", config.max_train, config.max_test)
+    model_class = resolve_model_class(config.model)
+    if config.checkpoint is not None:
+        model = model_class.load_from_checkpoint(config.checkpoint)
+    else:
+        model = model_class(**config.model_args)
+    input_size = tuple(int(s) for s in model.input_size)
+    datamodule = build_datamodule(
+        root, config.category, input_size, config.batch_size, val_split_ratio=config.val_split_ratio, seed=config.seed,
+    )
+    engine = Engine(max_epochs=config.epochs, default_root_dir=run_dir / "train", logger=False, accelerator="cpu")
+    if config.checkpoint is None:
+        _step(f"training {config.model} for {config.epochs} epoch(s)")
+        engine.fit(model, datamodule=datamodule)
+    _step("Engine.test of the torch model (cross-check of the measured torch FP32 metrics)")
+    engine_test = engine.test(model, datamodule=datamodule, verbose=False)[0]
+
+    _step("exporting")
+    variants = select_variants(config.with_acq)
+    exported = export_variants(model, variants, run_dir / "exports", datamodule, config.input_size, config.max_drop)
+    samples = load_test_samples(datamodule)
+    rows = []
+    for index, result in enumerate(exported, start=1):
+        _step(f"measuring {index}/{len(exported)}: {result.variant.name} on {len(samples)} test images")
+        row = Row(result)
+        if result.error is None:
+            try:
+                runner = load_runner(result.variant.runtime, result.path, config.threads, config.ov_precision)
+                row.measurement = measure(
+                    runner, samples, input_size, result.variant.name, config.warmup, config.batch_size,
+                    config.throughput_seconds,
+                )  # fmt: skip
+            except Exception as error:  # noqa: BLE001 (the other variants still get measured)
+                traceback.print_exc()
+                row.error = short_error(error)
+        rows.append(row)
+
+    _step("writing the report")
+    context = {
+        "model": config.model,
+        "model hyper-parameters": dict(model.hparams),
+        "input size": input_size,
+        "data": f"{root / config.category}: {len(datamodule.train_data)} train, {len(datamodule.val_data)} val "
+        f"(from test folder), {len(samples)} test images",
+        "epochs": "from checkpoint " + str(config.checkpoint) if config.checkpoint else config.epochs,
+        "Engine.test (torch)": {key: round(float(value), 4) for key, value in engine_test.items()},
+        "threads": config.threads,
+        "OpenVINO CPU inference precision": config.ov_precision,
+        **_environment(),
+        "latency": f"batch 1 on each raw test image after {config.warmup} warm-up calls",
+        "throughput": f"batch {config.batch_size} of test images resized to {input_size}, ≥{config.throughput_seconds} s",
+        "config": {key: str(value) for key, value in asdict(config).items()},
+        "wall time s": round(time.time() - started, 1),
+    }
+    paths = write_report(rows, run_dir, context)
+    records = [row_record(row, rows[0]) for row in rows]
+    plot_report(records, run_dir / "report.png", f"{config.model} on {config.category}")
+    print(markdown_table(records), flush=True)
+    _step(f"report written: {', '.join(str(p) for p in paths.values())}, {run_dir / 'report.png'}")
+    return records

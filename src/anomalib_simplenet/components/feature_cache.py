@@ -1,0 +1,287 @@
+"""Cache of frozen-backbone features, so models with a frozen extractor train their heads without re-running it.
+
+A frozen backbone maps the same pre-processed image to the same features every epoch; only augmentations
+change the input. With deterministic training data the features of each image are computed in the first
+epoch, kept (CPU memory or files), and served by image path in later epochs, in whatever order the sampler
+draws them. Everything random in the training step (noise, dropout) still runs every step.
+
+:func:`uncacheable_reason` tells whether training data is deterministic (anomalib 2.x: the train dataset's
+``augmentations``, which the datamodule sets from ``train_augmentations``/``augmentations`` plus the model's
+resize, and the model pre-processor's transform); :class:`FeatureCache` is the bounded store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+
+# Transforms that give the same output for the same input every time (torchvision v2). Anything else,
+# including Lambda and unknown classes, counts as random: a wrong "deterministic" would silently train on
+# stale features, a wrong "random" only costs speed.
+DETERMINISTIC_TRANSFORMS: tuple[type, ...] = (
+    v2.Resize,  # also anomalib_simplenet's AntialiasedResize (a subclass)
+    v2.Normalize,
+    v2.CenterCrop,
+    v2.Pad,
+    v2.Grayscale,
+    v2.RGB,
+    v2.ToDtype,
+    v2.ToImage,
+    v2.ToPureTensor,
+    v2.Identity,
+)
+
+
+def random_steps(transform: Any) -> list[str]:
+    """Names of the steps of ``transform`` that are not known to be deterministic (``[]`` for ``None``)."""
+    if transform is None:
+        return []
+    if isinstance(transform, v2.Compose):
+        return [name for step in transform.transforms for name in random_steps(step)]
+    if isinstance(transform, DETERMINISTIC_TRANSFORMS):
+        return []
+    return [type(transform).__name__]
+
+
+def uncacheable_reason(trainer: Any, pre_processor: Any = None) -> str | None:
+    """Why the training features cannot be cached for ``trainer``'s fit, or ``None`` when they can.
+
+    Looks at the train dataset's ``augmentations`` (anomalib datasets), the datamodule's
+    ``train_augmentations`` and the pre-processor's ``transform``; data whose augmentation cannot be
+    inspected is treated as augmented.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    dataset = getattr(datamodule, "train_data", None)
+    if dataset is None:
+        dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+    if dataset is None or not hasattr(dataset, "augmentations"):
+        return "cannot tell whether the training data is augmented (not an anomalib dataset)"
+    steps = random_steps(dataset.augmentations) + random_steps(getattr(datamodule, "train_augmentations", None))
+    if steps:
+        return f"training augmentations are on ({', '.join(sorted(set(steps)))})"
+    steps = random_steps(getattr(pre_processor, "transform", None))
+    if steps:
+        return f"the pre-processor transform may be random ({', '.join(sorted(set(steps)))})"
+    return None
+
+
+def train_set_size(trainer: Any) -> int | None:
+    """Number of training images, when the train dataloader's dataset has a length."""
+    dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class FeatureCache:
+    """Bounded map from an image key (its path) to its features ``(D, h, w)``.
+
+    Args:
+        max_bytes: most bytes of feature data to hold; :meth:`put` refuses entries beyond it.
+        directory: store entries as files here (created; a temporary directory when ``""``) instead of in
+            CPU memory. Files are removed by :meth:`clear`.
+    """
+
+    def __init__(self, max_bytes: int, directory: str | Path | None = None) -> None:
+        if max_bytes <= 0:
+            msg = f"feature cache size bound must be > 0 bytes, got {max_bytes}"
+            raise ValueError(msg)
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._memory: dict[str, torch.Tensor] = {}
+        self._files: dict[str, Path] = {}
+        self._owned_dir = False
+        self.directory: Path | None = None
+        if directory is not None:
+            if directory == "":
+                self.directory, self._owned_dir = Path(tempfile.mkdtemp(prefix="simplenet_features_")), True
+            else:
+                self.directory = Path(directory).expanduser()
+                self.directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def storage(self) -> str:
+        """``"disk"`` or ``"memory"``."""
+        return "disk" if self.directory is not None else "memory"
+
+    def __len__(self) -> int:
+        return len(self._files) if self.directory is not None else len(self._memory)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._files or key in self._memory
+
+    def fits(self, count: int, entry_bytes: int) -> bool:
+        """Whether ``count`` entries of ``entry_bytes`` each stay within the bound."""
+        return count * entry_bytes <= self.max_bytes
+
+    def get(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
+        """Cached features ``(D, h, w)`` (on CPU) for each key, ``None`` where absent."""
+        if self.directory is None:
+            return [self._memory.get(key) for key in keys]
+        return [torch.load(self._files[key], weights_only=True) if key in self._files else None for key in keys]
+
+    def put(self, keys: Sequence[str], features: torch.Tensor) -> bool:
+        """Store ``features`` ``(N, D, h, w)`` under ``keys``; ``False`` (nothing stored) if over the bound."""
+        if len(keys) != len(features):
+            msg = f"feature cache: {len(keys)} keys for {len(features)} feature maps"
+            raise ValueError(msg)
+        new = [(key, entry) for key, entry in zip(keys, features, strict=True) if key not in self]
+        size = sum(entry.numel() * entry.element_size() for _, entry in new)
+        if self.nbytes + size > self.max_bytes:
+            return False
+        if self.directory is not None and new:
+            self.directory.mkdir(parents=True, exist_ok=True)  # again after clear() removed a temporary one
+        for key, entry in new:
+            # clone: an entry must not keep the whole batch tensor (or GPU memory) alive.
+            entry = entry.detach().to("cpu", copy=True)
+            if self.directory is None:
+                self._memory[key] = entry
+            else:
+                path = self.directory / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
+                torch.save(entry, path)
+                self._files[key] = path
+        self.nbytes += size
+        return True
+
+    def clear(self) -> None:
+        """Drop every entry (and delete the files, or the temporary directory this cache made)."""
+        for path in self._files.values():
+            path.unlink(missing_ok=True)
+        if self._owned_dir and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self._memory.clear()
+        self._files.clear()
+        self.nbytes = 0
+
+
+def cache_mode(value: bool | str) -> str:
+    """Normalise a ``feature_cache`` argument: ``True`` → ``"memory"``, ``False`` → ``"off"``, else one of
+    :data:`CACHE_MODES`."""
+    if isinstance(value, bool):
+        return "memory" if value else "off"
+    if value not in CACHE_MODES:
+        msg = f"feature_cache must be a bool or one of {CACHE_MODES}, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+class TrainingFeatureCache:
+    """Training features per batch: from a :class:`FeatureCache` when the data allow it, else computed.
+
+    Args:
+        extract: the frozen extractor, images ``(N, 3, H, W)`` → features ``(N, D, h, w)``.
+        mode: ``"auto"``/``"memory"`` (CPU memory), ``"disk"`` (files), ``"off"``. ``"auto"`` reports a
+            fallback at INFO level, an explicit mode at WARNING level.
+        max_bytes: bound of the cached data; if the whole training set would not fit, nothing is cached.
+        directory: folder for ``"disk"`` (a temporary one, removed at :meth:`stop`, when ``None``).
+
+    Call :meth:`start` when fitting starts, the object itself in each training step, :meth:`stop` at the end.
+    """
+
+    def __init__(
+        self,
+        extract: Callable[[torch.Tensor], torch.Tensor],
+        mode: str = "auto",
+        max_bytes: int = 4 * 2**30,
+        directory: str | Path | None = None,
+    ) -> None:
+        self.extract = extract
+        self.mode = cache_mode(mode)
+        self.max_bytes = max_bytes
+        self.directory = directory
+        self.cache: FeatureCache | None = None
+        self.reason: str | None = "not started"
+        self.expected_images: int | None = None
+        self._full_reported = False
+        self.computed_images = 0  # images that went through the extractor since start()
+        self.served_images = 0  # images served from the cache since start()
+
+    @property
+    def active(self) -> bool:
+        """True while features are being cached and served."""
+        return self.cache is not None
+
+    def _fall_back(self, reason: str) -> None:
+        self.stop()
+        self.reason = reason
+        level = logging.INFO if self.mode == "auto" else logging.WARNING
+        logger.log(level, "Feature cache off: %s. Backbone features are recomputed in every training step.", reason)
+
+    def start(self, trainer: Any, pre_processor: Any = None) -> None:
+        """Decide for this fit whether to cache (and say why not in the log)."""
+        self.stop()
+        self.computed_images = self.served_images = 0
+        if self.mode == "off":
+            self.reason = "feature_cache is off"
+            return
+        reason = uncacheable_reason(trainer, pre_processor)
+        if reason is not None:
+            self._fall_back(reason)
+            return
+        directory = None if self.mode in {"auto", "memory"} else (self.directory or "")
+        self.cache = FeatureCache(self.max_bytes, directory)
+        self.expected_images = train_set_size(trainer)
+        self.reason, self._full_reported = None, False
+        logger.info(
+            "Feature cache on (%s, at most %.2f GB): backbone features are computed in the first epoch only.",
+            self.cache.storage, self.max_bytes / 2**30,
+        )
+
+    def stop(self) -> None:
+        """Free the cache (memory or files)."""
+        if self.cache is not None:
+            self.cache.clear()
+        self.cache = None
+
+    def __call__(self, images: torch.Tensor, keys: Sequence[str] | None) -> torch.Tensor:
+        """Features ``(N, D, h, w)`` of ``images`` ``(N, 3, H, W)`` whose paths are ``keys``."""
+        if self.cache is not None and keys is None:
+            self._fall_back("the training batches carry no image_path to key the cache by")
+        if self.cache is None:
+            self.computed_images += len(images)
+            return self.extract(images)
+        cached = self.cache.get(keys)
+        missing = [index for index, entry in enumerate(cached) if entry is None]
+        self.computed_images += len(missing)
+        self.served_images += len(keys) - len(missing)
+        if not missing:
+            return torch.stack(cached).to(images.device, non_blocking=True)  # type: ignore[arg-type]
+        # A whole batch of new images goes through the extractor as it is (the uncached computation).
+        computed = self.extract(images if len(missing) == len(keys) else images[missing])
+        self._store([keys[index] for index in missing], computed)
+        if len(missing) == len(keys):
+            return computed
+        for index, entry in zip(missing, computed, strict=True):
+            cached[index] = entry
+        return torch.stack([entry.to(images.device) for entry in cached])  # type: ignore[union-attr]
+
+    def _store(self, keys: list[str], features: torch.Tensor) -> None:
+        assert self.cache is not None
+        entry_bytes = features[0].numel() * features[0].element_size()
+        if len(self.cache) == 0 and self.expected_images and not self.cache.fits(self.expected_images, entry_bytes):
+            needed = self.expected_images * entry_bytes / 2**30
+            self._fall_back(
+                f"the cache would not fit: {self.expected_images} images × {entry_bytes / 2**20:.1f} MB = "
+                f"{needed:.2f} GB > feature_cache_max_gb={self.max_bytes / 2**30:.2f}"
+            )
+            return
+        if not self.cache.put(keys, features) and not self._full_reported:
+            self._full_reported = True
+            level = logging.INFO if self.mode == "auto" else logging.WARNING
+            logger.log(
+                level, "Feature cache full at %d images (%.2f GB); further images are recomputed every epoch.",
+                len(self.cache), self.cache.nbytes / 2**30,
+            )

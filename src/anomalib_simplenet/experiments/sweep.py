@@ -1,0 +1,242 @@
+"""Run one model's config variants through anomalib's CLI (in process) and compare them.
+
+    python -m anomalib_simplenet.experiments.sweep --config configs/unet_ae.yaml \\
+        --variants configs/unet_ae_latent64.yaml configs/unet_ae_latent128.yaml configs/unet_ae_latent256.yaml \\
+        --data configs/data/magnetic_tile.yaml --out results/sweep_unet_ae --max-epochs 10 \\
+        --model.image_size 128 --trainer.accelerator cpu
+
+Each variant is overlaid on the ``--config`` files (as ``anomalib train --config A --config B``); every option this
+command does not know (``--model.*``, ``--data.*``, ``--trainer.*`` …) is passed on to every run. Each run fits,
+then tests the checkpoint with the lowest monitored loss (``val_loss`` in the plugin's configs; the final weights
+when the config has no monitored checkpoint), in its own folder ``<out>/<setting>/v<N>`` (N counts up, earlier runs
+are kept): loggers are redirected there, plus ``history.csv``, ``loss_curve.png`` and ``result.json``. A run that
+fails is reported in the tables with its error and the others continue. ``<out>`` gets ``summary.md``,
+``summary.csv``, ``metrics.png`` (test metrics per setting) and ``loss_curves.png`` (all runs overlaid).
+Exit status: 0 when every run succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from anomalib.cli import AnomalibCLI
+from jsonargparse import Namespace
+from lightning.pytorch import seed_everything
+
+from .history import LossHistory, loss_figure, read_history_csv
+from .report import RunResult, markdown_table, metric_figure, write_csv
+
+_HISTORY_CLASS = f"{LossHistory.__module__}.{LossHistory.__qualname__}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One hyper-parameter setting: a name and the config files that define it (later files win)."""
+
+    name: str
+    configs: tuple[Path, ...]
+
+
+def setting_name(base: Path, variant: Path) -> str:
+    """``unet_ae_latent64`` over base ``unet_ae`` → ``latent64`` (the variant's stem without the base prefix)."""
+    return variant.stem.removeprefix(f"{base.stem}_")
+
+
+def make_settings(configs: Sequence[Path], variants: Sequence[Path]) -> list[Setting]:
+    """One setting per variant overlaid on ``configs`` (just ``base`` when there are no variants)."""
+    for flag, paths in (("--config", configs), ("--variants", variants)):
+        missing = [str(p) for p in paths if not Path(p).is_file()]
+        if missing:
+            msg = f"{flag}: no such file: {', '.join(missing)}"
+            raise FileNotFoundError(msg)
+    if not variants:
+        return [Setting("base", tuple(configs))]
+    settings = [Setting(setting_name(configs[0], v), (*configs, v)) for v in variants]
+    names = [s.name for s in settings]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        msg = f"--variants: two files give the same setting name {duplicates}; rename one of them"
+        raise ValueError(msg)
+    return settings
+
+
+def next_version_dir(root: Path) -> Path:
+    """``root/v<N>`` with N one more than the highest existing version (v0 first); created."""
+    versions = [int(p.name[1:]) for p in root.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
+    path = root / f"v{max(versions, default=-1) + 1}"
+    path.mkdir(parents=True)
+    return path
+
+
+class SweepCLI(AnomalibCLI):
+    """``AnomalibCLI`` that writes loggers into ``run_dir``, applies ``seed_everything`` and adds a LossHistory.
+
+    anomalib 2.7's CLI parses ``seed_everything`` but never applies it; here an integer seeds every run the same
+    way, so settings differ only in their hyper-parameters.
+    """
+
+    def __init__(self, args: Sequence[str], run_dir: Path) -> None:
+        self.run_dir = run_dir
+        super().__init__(args, run=False)
+
+    def before_instantiate_classes(self) -> None:
+        """Edit the parsed config before anything is built."""
+        super().before_instantiate_classes()
+        config = self.config[self.subcommand]
+        seed = config.get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            seed_everything(seed, workers=True)
+        trainer = config.trainer
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for logger in loggers:
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is not None and "save_dir" in init_args:
+                init_args.save_dir = str(self.run_dir / "logs")
+        callbacks = list(trainer.callbacks or [])
+        trainer.callbacks = [*callbacks, Namespace(class_path=_HISTORY_CLASS, init_args=Namespace())]
+
+
+def _cli_args(
+    setting: Setting,
+    run_dir: Path,
+    data: str | None,
+    max_epochs: int | None,
+    extra: Sequence[str],
+) -> list[str]:
+    """``anomalib train`` arguments of one run (``extra`` last, so the user's options win)."""
+    args = ["train"]
+    for config in setting.configs:
+        args += ["--config", str(config)]
+    args += ["--default_root_dir", str(run_dir)]
+    if data is not None:
+        args += ["--data", data]
+    if max_epochs is not None:
+        args += ["--trainer.max_epochs", str(max_epochs)]
+    return [*args, *extra]
+
+
+def _parse(args: list[str], run_dir: Path) -> SweepCLI:
+    """Build the run; a config error (jsonargparse exits) becomes a ValueError with its message."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return SweepCLI(args, run_dir)
+    except SystemExit as error:
+        lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
+        msg = lines[-1] if lines else f"configuration error (exit status {error.code})"
+        raise ValueError(msg) from None
+    finally:
+        sys.stderr.write(stderr.getvalue())
+
+
+def run_setting(
+    setting: Setting,
+    out: Path,
+    data: str | None = None,
+    max_epochs: int | None = None,
+    extra: Sequence[str] = (),
+) -> RunResult:
+    """Fit and test one setting in ``out/<setting>/v<N>``; never raises for a failed run (see ``status``)."""
+    run_dir = next_version_dir(out / setting.name)
+    result = RunResult(setting=setting.name, run_dir=run_dir)
+    history: LossHistory | None = None
+    start = time.perf_counter()
+    try:
+        cli = _parse(_cli_args(setting, run_dir, data, max_epochs, extra), run_dir)
+        engine, model, datamodule = cli.engine, cli.model, cli.datamodule
+        engine.fit(model, datamodule=datamodule)
+        trainer = engine.trainer
+        history = next(c for c in trainer.callbacks if isinstance(c, LossHistory))
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else ""
+        # As ``Engine.train`` does (the trainer already exists), but on the best checkpoint when there is one.
+        metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        result.metrics = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
+        result.checkpoint = best
+    except Exception as error:  # noqa: BLE001 - one failed run must not stop the sweep
+        result.status, result.error = "failed", f"{type(error).__name__}: {error}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        print(f"[sweep] {setting.name} failed: {result.error}", file=sys.stderr)
+    result.time_s = time.perf_counter() - start
+    if history is not None and history.epochs:
+        history.save_csv(run_dir / "history.csv")
+        loss_figure({setting.name: history.rows()}, title=setting.name).savefig(run_dir / "loss_curve.png", dpi=100)
+        result.train_loss, result.val_loss = history.last("train_loss"), history.last("val_loss")
+        result.best_val_loss, result.epochs = history.best("val_loss"), len(history.rows())
+    record = {**asdict(result), "run_dir": str(run_dir), "configs": [str(c) for c in setting.configs]}
+    (run_dir / "result.json").write_text(json.dumps(record, indent=2, default=_json_float) + "\n")
+    gc.collect()
+    return result
+
+
+def _json_float(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def write_report(results: Sequence[RunResult], out: Path, metrics: Sequence[str], title: str) -> str:
+    """Write ``summary.md``, ``summary.csv``, ``metrics.png`` and ``loss_curves.png`` to ``out``; return the table."""
+    table = markdown_table(results)
+    (out / "summary.md").write_text(f"# {title}\n\n{table}")
+    write_csv(results, out / "summary.csv")
+    metric_figure(results, metrics, title=title).savefig(out / "metrics.png", dpi=100)
+    histories = {
+        r.setting: read_history_csv(r.run_dir / "history.csv")
+        for r in results if (r.run_dir / "history.csv").is_file()
+    }
+    loss_figure(histories, title=title).savefig(out / "loss_curves.png", dpi=100)
+    return table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_simplenet.experiments.sweep",
+        description="Fit and test one model's config variants; write a comparison table and plots. Options not "
+        "listed here (--model.*, --data.*, --trainer.* …) are passed to every run's anomalib CLI.",
+        allow_abbrev=False,  # else --data.category would be taken for --data
+    )
+    parser.add_argument("--config", type=Path, action="append", required=True,
+                        help="base config file(s) of the model (repeat for overlays applied to every setting)")
+    parser.add_argument("--variants", type=Path, nargs="+", default=[],
+                        help="one config overlay per setting, e.g. configs/unet_ae_latent*.yaml")
+    parser.add_argument("--data", help="data config file or class (anomalib's --data); default: the config's")
+    parser.add_argument("--out", type=Path, required=True, help="output folder of the sweep")
+    parser.add_argument("--max-epochs", type=int, help="override trainer.max_epochs of every run")
+    parser.add_argument("--metric", action="append", help="test metric(s) to plot (default image_AUROC, pixel_AUROC)")
+    parser.add_argument("--title", help="title of the table and plots (default: the first --config file's name)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not extra[0].startswith("--"):
+        parser.error(f"unexpected argument {extra[0]!r} (options passed to anomalib start with --)")
+    try:
+        settings = make_settings(args.config, args.variants)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = args.title or f"sweep of {args.config[0].stem}"
+    results = []
+    for index, setting in enumerate(settings, 1):
+        print(f"[sweep] {index}/{len(settings)}: {setting.name} ({', '.join(map(str, setting.configs))})", flush=True)
+        results.append(run_setting(setting, args.out, args.data, args.max_epochs, extra))
+    table = write_report(results, args.out, args.metric or ["image_AUROC", "pixel_AUROC"], title)
+    print(f"\n{table}\n[sweep] tables and plots in {args.out}", flush=True)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Hooks every plugin model shares: reliability guards and working INT8 quantization on export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback
+
+from anomalib_simplenet.components.guards import (
+    check_checkpoint,
+    check_checkpoint_file,
+    check_export_ready,
+    guard_callbacks,
+)
+from anomalib_simplenet.deploy import QuantizationFixesMixin
+
+
+class PluginModuleMixin(QuantizationFixesMixin):
+    """Put first in a model's bases, ``class Model(PluginModuleMixin, AnomalibModule)``; the model stays a direct
+    ``AnomalibModule`` subclass. A model with fitted state beyond the thresholds overrides :meth:`export_fitted`.
+    """
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """anomalib's loader (``weights_only=True``); another model class's checkpoint is a clear error."""
+        check_checkpoint_file(cls, checkpoint_path)  # before the constructor runs (it may fetch weights)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
+
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's component callbacks plus the plugin's guards (divergence, checkpoints, resume, data)."""
+        return [*super().configure_callbacks(), *guard_callbacks()]  # type: ignore[misc]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Clear error for a checkpoint of another model class or with other architecture arguments."""
+        check_checkpoint(self, checkpoint)  # type: ignore[arg-type]
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def export_fitted(self) -> bool:
+        """Whether the model's own fitted state (beyond anomalib's thresholds) exists; exports refuse otherwise."""
+        return True
+
+    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
+        """anomalib's export, refused while the model has no thresholds (see ``check_export_ready``)."""
+        check_export_ready(self, fitted=self.export_fitted())  # type: ignore[arg-type]
+        return super().to_torch(*args, **kwargs)  # type: ignore[misc]
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """anomalib's export (also used by ``to_openvino``), refused while the model has no thresholds."""
+        check_export_ready(self, fitted=self.export_fitted())  # type: ignore[arg-type]
+        return super().to_onnx(*args, **kwargs)  # type: ignore[misc]

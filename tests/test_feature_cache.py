@@ -1,0 +1,171 @@
+"""Frozen-backbone feature cache: same features and loss curve as recomputing, and the fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback
+from torchvision.transforms import v2
+
+from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.components.feature_cache import (
+    FeatureCache,
+    TrainingFeatureCache,
+    cache_mode,
+    random_steps,
+    uncacheable_reason,
+)
+from anomalib_simplenet.components.resize import AntialiasedResize
+
+from .conftest import TINY_SIMPLENET, mvtec_datamodule
+
+LOGGER = "anomalib_simplenet.components.feature_cache"
+
+
+class _StepLosses(Callback):
+    """Training loss of every step, in order."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def _fit(root: Path, tmp: Path, feature_cache: bool | str, epochs: int = 3) -> tuple[SimpleNet, list[float]]:
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET, feature_cache=feature_cache)
+    recorder = _StepLosses()
+    engine = Engine(max_epochs=epochs, default_root_dir=tmp, accelerator="cpu", logger=False,
+                    enable_progress_bar=False, callbacks=[recorder], limit_val_batches=0)
+    engine.fit(model, datamodule=mvtec_datamodule(root, "synthetic"))
+    return model, recorder.losses
+
+
+def test_cached_training_has_the_same_loss_curve(synthetic_root: Path, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Shuffled batches, fresh noise each step: the loss sequence with the cache equals the one without."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cached_model, cached = _fit(synthetic_root, tmp_path / "cached", "memory")
+    plain_model, plain = _fit(synthetic_root, tmp_path / "plain", False)
+    assert len(cached) == len(plain) == 6  # 16 images, batch 8, 3 epochs
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-4, atol=1e-5)
+    assert len(set(cached)) == len(cached), "noise must be drawn fresh every step"
+    # The cache really served epochs 2 and 3: the backbone saw each of the 16 images once.
+    assert cached_model.training_features.computed_images == 16
+    assert cached_model.training_features.served_images == 32
+    assert plain_model.training_features.computed_images == 48
+    assert "Feature cache on (memory" in caplog.text
+    assert not cached_model.training_features.active, "the cache is freed when fitting ends"
+    for name, value in plain_model.model.state_dict().items():
+        torch.testing.assert_close(cached_model.model.state_dict()[name], value, rtol=1e-3, atol=1e-5)
+
+
+def test_cache_serves_the_features_it_stored(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET).model.eval()
+    images = torch.rand(4, 3, 64, 64)
+    keys = [f"img{i}.png" for i in range(4)]
+    features = model.extract_features(images)
+    for directory in (None, tmp_path / "features"):
+        cache = FeatureCache(max_bytes=2**30, directory=directory)
+        assert cache.put(keys, features)
+        served = cache.get(list(reversed(keys)) + ["unknown.png"])
+        assert served[-1] is None
+        torch.testing.assert_close(torch.stack(served[:-1]), features.flip(0), rtol=0, atol=0)
+        cache.clear()
+        assert len(cache) == 0 and cache.get(keys) == [None] * 4
+    assert not list((tmp_path / "features").iterdir()), "clear() deletes the cache files"
+
+
+def test_partly_cached_batch_mixes_cache_and_fresh_features() -> None:
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET).model.eval()
+    images = torch.rand(4, 3, 64, 64)
+    keys = [f"img{i}.png" for i in range(4)]
+    training = TrainingFeatureCache(model.extract_features, mode="memory")
+    training.start(SimpleNamespace(datamodule=SimpleNamespace(train_data=SimpleNamespace(augmentations=None))))
+    training(images[:2], keys[:2])
+    mixed = training(images[[3, 0, 2, 1]], [keys[3], keys[0], keys[2], keys[1]])
+    torch.testing.assert_close(mixed, model.extract_features(images[[3, 0, 2, 1]]), rtol=1e-4, atol=1e-5)
+    assert (training.computed_images, training.served_images) == (4, 2)
+
+
+def test_disk_mode_uses_and_removes_a_temporary_folder() -> None:
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET).model.eval()
+    images, keys = torch.rand(2, 3, 64, 64), ["a.png", "b.png"]
+    training = TrainingFeatureCache(model.extract_features, mode="disk")
+    training.start(SimpleNamespace(datamodule=SimpleNamespace(train_data=SimpleNamespace(augmentations=None))))
+    first = training(images, keys)
+    folder = training.cache.directory
+    assert training.cache.storage == "disk" and len(list(folder.glob("*.pt"))) == 2
+    torch.testing.assert_close(training(images.flip(0), keys[::-1]), first.flip(0), rtol=0, atol=0)
+    assert training.served_images == 2
+    training.stop()
+    assert not folder.exists()
+
+
+def test_bound_refuses_entries_and_whole_set_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    features = torch.zeros(3, 8, 4, 4)  # 512 bytes each
+    cache = FeatureCache(max_bytes=1100)
+    assert cache.put(["a", "b"], features[:2])
+    assert not cache.put(["c"], features[2:]), "a third entry would exceed the bound"
+    assert len(cache) == 2 and cache.nbytes == 1024
+
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET).model.eval()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(train_data=SimpleNamespace(augmentations=None)),
+                              train_dataloader=SimpleNamespace(dataset=list(range(200))))
+    training = TrainingFeatureCache(model.extract_features, mode="auto", max_bytes=2**20)  # 1 MiB < 200 × 64 KiB
+    training.start(trainer)
+    assert training.active
+    out = training(torch.rand(2, 3, 64, 64), ["x.png", "y.png"])
+    assert out.shape == (2, 256, 8, 8)
+    assert not training.active
+    assert "would not fit: 200 images" in training.reason and "feature_cache_max_gb" in training.reason
+    assert "Feature cache off: the cache would not fit" in caplog.text
+
+
+def test_fallback_when_augmentations_are_on(synthetic_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule.train_augmentations = v2.Compose([v2.RandomHorizontalFlip(), v2.Resize((64, 64))])
+    datamodule.setup()
+    trainer = SimpleNamespace(datamodule=datamodule)
+    assert uncacheable_reason(trainer) == "training augmentations are on (RandomHorizontalFlip)"
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    training = TrainingFeatureCache(lambda images: images, mode="auto")
+    training.start(trainer)
+    assert not training.active
+    assert "Feature cache off: training augmentations are on (RandomHorizontalFlip)" in caplog.text
+    assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.INFO]
+    caplog.clear()
+    TrainingFeatureCache(lambda images: images, mode="memory").start(trainer)  # asked for: a warning
+    assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.WARNING]
+
+    datamodule.train_augmentations = None
+    datamodule._update_augmentations()
+    assert uncacheable_reason(trainer) is None
+    assert "not an anomalib dataset" in uncacheable_reason(SimpleNamespace(datamodule=None, train_dataloader=None))
+
+
+def test_deterministic_transform_detection() -> None:
+    deterministic = v2.Compose([AntialiasedResize((64, 64)), v2.Normalize([0.5] * 3, [0.2] * 3), v2.CenterCrop(60)])
+    assert random_steps(deterministic) == []
+    assert random_steps(None) == []
+    assert random_steps(v2.Compose([deterministic, v2.ColorJitter(0.1), v2.Lambda(lambda x: x)])) == [
+        "ColorJitter", "Lambda"]
+
+
+def test_cache_arguments_are_checked() -> None:
+    assert cache_mode(True) == "memory" and cache_mode(False) == "off" and cache_mode("disk") == "disk"
+    with pytest.raises(ValueError, match="feature_cache"):
+        cache_mode("gpu")
+    with pytest.raises(ValueError, match="feature_cache_max_gb"):
+        SimpleNet(**TINY_SIMPLENET, feature_cache_max_gb=0)
