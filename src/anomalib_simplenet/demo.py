@@ -80,7 +80,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     for name, value in metrics.items():
         print(f"| {name} | {value:.4f} |")
     print(f"[demo] Result images: {run_dir / 'images'}")
-    print(f"[demo] Checkpoint: {engine.trainer.checkpoint_callback.last_model_path or run_dir / 'weights'}")
+    # anomalib's checkpoint callback keeps no "last" file: the checkpoint it wrote is the "best" path.
+    print(f"[demo] Checkpoint: {engine.trainer.checkpoint_callback.best_model_path}")
     return metrics
 
 
