@@ -101,6 +101,18 @@ def test_mixed_modes_sizes_and_formats_train_end_to_end(tmp_path: Path) -> None:
         engine(tmp_path / "run2", max_steps=1).fit(make_model("unet_ae"), datamodule=datamodule(root))
 
 
+def test_files_the_dataset_reads_are_not_reported_unused_with_a_relative_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder,
+) -> None:
+    """anomalib stores absolute sample paths; a relative ``root`` once made every file look unused."""
+    tiny_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    relative = datamodule(Path("data"))
+    relative.setup()
+    check_datamodule(relative, "fit")
+    assert not [w for w in recwarn if "not used" in str(w.message)]
+
+
 def _truncate(category: Path) -> Path:
     path = category / "train" / "good" / "003.png"
     path.write_bytes(path.read_bytes()[:200])

@@ -158,11 +158,12 @@ def _train_folders(datamodule: Any) -> list[Path]:  # noqa: ANN401
 
 def unread_image_files(datamodule: Any, read: Iterable[str]) -> dict[Path, int]:  # noqa: ANN401
     """Image-like files under the datamodule's folders that none of its datasets reads, counted per folder."""
-    read = {os.path.normpath(p) for p in read}
+    # Real paths on both sides: anomalib stores absolute sample paths, while the root may be relative or a link.
+    read = {os.path.realpath(p) for p in read}
     unread: dict[Path, int] = {}
     for folder in _dataset_roots(datamodule):
         for path in folder.rglob("*"):
-            if path.suffix.lower() in IMAGE_SUFFIXES and os.path.normpath(path) not in read and path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES and os.path.realpath(path) not in read and path.is_file():
                 unread[path.parent] = unread.get(path.parent, 0) + 1
     return unread
 
