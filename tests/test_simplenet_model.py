@@ -198,12 +198,27 @@ def test_separable_blur_equals_anomalib_blur() -> None:
     """Two 1-D passes give anomalib's 2-D Gaussian blur, and the kernel stays the same checkpoint buffer."""
     from anomalib.models.components import GaussianBlur2d
 
-    from anomalib_simplenet.models.simplenet.anomaly_map import SeparableGaussianBlur2d
+    from anomalib_simplenet.components.blur import SeparableGaussianBlur2d
 
     maps = torch.rand(2, 1, 40, 56)
     separable, reference = SeparableGaussianBlur2d(sigma=4, kernel_size=33), GaussianBlur2d(sigma=4, kernel_size=33)
     torch.testing.assert_close(separable(maps), reference(maps), rtol=1e-5, atol=1e-6)
     assert separable.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_every_model_smooths_its_map_with_the_shared_blur() -> None:
+    """One blur for all three maps: anomalib's kernel size for σ, and the size check's margin is half of it."""
+    from anomalib_simplenet.components.blur import SeparableGaussianBlur2d, anomaly_map_blur, blur_margin
+    from anomalib_simplenet.models.distill_classifier.anomaly_map import AnomalyMapGenerator as DistillMap
+    from anomalib_simplenet.models.simplenet.anomaly_map import AnomalyMapGenerator
+    from anomalib_simplenet.models.unet_ae.anomaly_map import AnomalyMapGenerator as UNetMap
+    from anomalib_simplenet.models.unet_ae.ssim import SSIMMap
+
+    assert anomaly_map_blur(0.0) is None
+    assert anomaly_map_blur(4.0).kernel.shape[-2:] == (33, 33) and blur_margin(4.0) == 16
+    maps = [AnomalyMapGenerator(sigma=2.0), DistillMap([64, 128], sigma=2.0), UNetMap(SSIMMap(), sigma=2.0)]
+    assert all(isinstance(generator.blur, SeparableGaussianBlur2d) for generator in maps)
+    assert all(generator.blur.kernel.shape[-1] == 2 * blur_margin(2.0) + 1 for generator in maps)
 
 
 def test_fused_weights_are_reused_only_while_parameters_are_unchanged() -> None:

@@ -6,10 +6,7 @@ return maps of the input size. Images on disk of any size are resized to ``image
 
 from __future__ import annotations
 
-
-def blur_margin(sigma: float) -> int:
-    """Reflection padding of the anomaly-map Gaussian (kernel ``2·int(4σ + 0.5) + 1``, anomalib's default)."""
-    return int(4.0 * sigma + 0.5) if sigma > 0 else 0
+from .blur import blur_margin
 
 
 def check_input_size(

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
+
+from anomalib_simplenet.components.blur import anomaly_map_blur
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -29,8 +30,7 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(msg)
         self.register_buffer("scales", torch.tensor([float(d) ** -0.5 for d in dims]), persistent=False)
         self.sigma = sigma
-        kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=kernel_size) if sigma > 0 else None
+        self.blur = anomaly_map_blur(sigma)
 
     def forward(self, distance_maps: Sequence[torch.Tensor], image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Return the smoothed anomaly map at ``image_size``."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
+
+from anomalib_simplenet.components.blur import anomaly_map_blur
 
 from .loss import check_l2_ssim_weights
 from .ssim import SSIMMap
@@ -36,14 +37,14 @@ class AnomalyMapGenerator(nn.Module):
         self.l2_weight = l2_weight
         self.ssim_weight = ssim_weight
         self.sigma = sigma
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
+        self.blur = anomaly_map_blur(sigma)
 
     def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Smoothed error map ``(N, 1, H, W)`` at the input resolution."""
         rms = (images - reconstruction).pow(2).mean(dim=1, keepdim=True).sqrt()
         dssim = ((1 - self.ssim(images, reconstruction)) / 2).clamp(0, 1).mean(dim=1, keepdim=True)
         anomaly_map = self.l2_weight * rms + self.ssim_weight * dssim
-        # GaussianBlur2d pads by reflection, which needs the image to be larger than half the kernel.
+        # The blur pads by reflection, which needs the image to be larger than half the kernel.
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
 
 
