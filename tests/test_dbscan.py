@@ -127,7 +127,7 @@ def test_constant_feature_does_not_blow_up() -> None:
 
 
 def test_fewer_images_than_min_samples() -> None:
-    with pytest.raises(DegenerateInputError, match=r"only 3 normal images for min_samples=5"):
+    with pytest.raises(DegenerateInputError, match=r"only 3 usable normal images for min_samples=5"):
         DBSCANDetector(min_samples=5).fit(np.random.default_rng(0).normal(size=(3, 4)))
 
 

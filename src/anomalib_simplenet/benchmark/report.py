@@ -95,9 +95,16 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: list[Row], run_dir: Path, context: dict[str, Any]) -> dict[str, Path]:
-    """Write ``report.md``, ``results.csv`` and ``results.json`` (records plus the run's ``context``)."""
-    records = [row_record(row, rows[0]) for row in rows]
+def records_of(rows: list[Row]) -> list[dict[str, Any]]:
+    """:func:`row_record` of every row against the first (torch FP32)."""
+    return [row_record(row, rows[0]) for row in rows]
+
+
+def write_report(
+    rows: list[Row], records: list[dict[str, Any]], run_dir: Path, context: dict[str, Any]
+) -> dict[str, Path]:
+    """Write ``report.md``, ``results.csv`` and ``results.json`` (``records`` of ``rows``, the per-image scores
+    and the run's ``context``)."""
     paths = {"markdown": run_dir / "report.md", "csv": run_dir / "results.csv", "json": run_dir / "results.json"}
     notes = "\n".join(f"- {key}: {value}" for key, value in context.items())
     paths["markdown"].write_text(f"# Deployment benchmark\n\n{notes}\n\n{markdown_table(records)}\n")

@@ -18,7 +18,7 @@ from .data import build_datamodule, load_test_samples, make_subset
 from .export import export_variants, short_error
 from .measure import measure
 from .plot import plot_report
-from .report import Row, markdown_table, row_record, write_report
+from .report import Row, markdown_table, records_of, write_report
 from .runtime import load_runner
 from .variants import select_variants
 
@@ -144,8 +144,8 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         "config": {key: str(value) for key, value in asdict(config).items()},
         "wall time s": round(time.time() - started, 1),
     }
-    paths = write_report(rows, run_dir, context)
-    records = [row_record(row, rows[0]) for row in rows]
+    records = records_of(rows)
+    paths = write_report(rows, records, run_dir, context)
     plot_report(records, run_dir / "report.png", f"{config.model} on {config.category}")
     print(markdown_table(records), flush=True)
     _step(f"report written: {', '.join(str(p) for p in paths.values())}, {run_dir / 'report.png'}")

@@ -155,12 +155,7 @@ class DBSCANPostProcessor(Callback):
             if not finite.all():
                 self._note(f"{int((~finite).sum())} of {len(normal)} normal embeddings contain NaN/inf: left out")
             self._normal = normal[finite]
-            if len(self._normal) < self._detector.min_samples:
-                msg = (
-                    f"only {len(self._normal)} usable normal images for min_samples={self._detector.min_samples}: "
-                    "DBSCAN cannot find a core point; use more normal images or a smaller min_samples"
-                )
-                raise DegenerateInputError(msg)
+            self._detector.check_enough(len(self._normal))  # before the projector, which needs fewer
             self._projector.fit(self._normal)
             self._normal_projected = self._projector.transform(self._normal)
             if self.cluster_space == "pca":

@@ -164,15 +164,19 @@ class DBSCANDetector:
         self.eps = eps
         self.eps_quantile = eps_quantile
 
-    def fit(self, normal: np.ndarray) -> DBSCANDetector:
-        """Cluster the finite normal points ``(N, d)``; raises :class:`DegenerateInputError` when it cannot."""
-        normal = np.asarray(normal, dtype=np.float64)
-        if len(normal) < self.min_samples:
+    def check_enough(self, count: int) -> None:
+        """Raise :class:`DegenerateInputError` when ``count`` normal images cannot give a core point."""
+        if count < self.min_samples:
             msg = (
-                f"only {len(normal)} normal images for min_samples={self.min_samples}: DBSCAN cannot find a core "
+                f"only {count} usable normal images for min_samples={self.min_samples}: DBSCAN cannot find a core "
                 "point; use more normal images or a smaller min_samples"
             )
             raise DegenerateInputError(msg)
+
+    def fit(self, normal: np.ndarray) -> DBSCANDetector:
+        """Cluster the finite normal points ``(N, d)``; raises :class:`DegenerateInputError` when it cannot."""
+        normal = np.asarray(normal, dtype=np.float64)
+        self.check_enough(len(normal))
         self.eps_ = self.eps if self.eps is not None else choose_eps(normal, self.min_samples, self.eps_quantile)
         dbscan = DBSCAN(eps=self.eps_, min_samples=self.min_samples).fit(normal)
         core = dbscan.core_sample_indices_

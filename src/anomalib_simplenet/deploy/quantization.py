@@ -177,9 +177,9 @@ def accuracy_control_quantize(
         value = float(metric.compute()) if len(per_item) > 1 else 0.0  # one image has no AUROC (NNCF probes)
         return value, per_item
 
-    calibration = nncf.Dataset(items, lambda item: item[0])
+    dataset = nncf.Dataset(items, lambda item: item[0])  # calibrates, and `validate` gets its raw items
     return nncf.quantize_with_accuracy_control(
-        ov_model, calibration, nncf.Dataset(items, lambda item: item[0]), validate, max_drop=max_drop,
+        ov_model, dataset, dataset, validate, max_drop=max_drop,
         ignored_scope=map_ops_scope(ov_model),
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=max_iterations, ranking_subset_size=min(len(items), 20),  # ranking: 1 pass per op

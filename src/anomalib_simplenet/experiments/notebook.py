@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from anomalib_simplenet.data import make_synthetic_mvtec
+from anomalib_simplenet.data.subset import make_subset
 
 DATASETS = ("synthetic", "magnetic_tile")
 
@@ -32,7 +32,8 @@ def prepare_data(
         out: working folder.
         n_train: training images. Synthetic: generated, with ``max(4, n_train // 3)`` test images per type.
             magnetic_tile: ``0`` = the full set in place; otherwise an evenly spaced subset of that many training
-            images and ``max(4, n_train // 4)`` test images per type is copied (with masks) under ``out/data``.
+            images and ``max(4, n_train // 4)`` test images per type is linked (with masks) under ``out/data``
+            (:func:`anomalib_simplenet.data.subset.make_subset`).
         image_size: side of the synthetic images.
     """
     if data not in DATASETS:
@@ -49,38 +50,8 @@ def prepare_data(
         raise FileNotFoundError(msg)
     if n_train <= 0:
         return Path(data_root), data
-    return subset_mvtec(source, target / data, n_train, max(4, n_train // 4)), data
-
-
-def _evenly_spaced(files: Sequence[Path], count: int) -> list[Path]:
-    """``count`` files spread over the sorted list (all when there are fewer)."""
-    if len(files) <= count:
-        return list(files)
-    return [files[round(i * (len(files) - 1) / (count - 1))] for i in range(count)] if count > 1 else [files[0]]
-
-
-def subset_mvtec(source: Path, target: Path, n_train: int, n_test: int, n_test_good: int | None = None) -> Path:
-    """Copy evenly spaced ``train/good`` and per-type ``test`` images (with ground-truth masks); return the root.
-
-    ``n_test`` images per defect type and ``n_test_good`` (default ``n_test``) normal test images.
-    """
-    if target.exists():
-        shutil.rmtree(target)  # a previous subset may have other counts
-    folders = [("train", source / "train" / "good", n_train)]
-    folders += [
-        ("test", folder, n_test_good if folder.name == "good" and n_test_good is not None else n_test)
-        for folder in sorted((source / "test").iterdir()) if folder.is_dir()
-    ]
-    for split, folder, count in folders:
-        destination = target / split / folder.name
-        destination.mkdir(parents=True)
-        for file in _evenly_spaced(sorted(folder.glob("*.png")), count):
-            shutil.copy(file, destination / file.name)
-            mask = source / "ground_truth" / folder.name / f"{file.stem}_mask.png"
-            if split == "test" and mask.is_file():
-                (target / "ground_truth" / folder.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy(mask, target / "ground_truth" / folder.name / mask.name)
-    return target.parent
+    n_test = max(4, n_train // 4)
+    return make_subset(source, target / data, n_train, test_good=n_test, test_defects=n_test), data
 
 
 @torch.no_grad()
