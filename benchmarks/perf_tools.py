@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from lightning.pytorch import Callback
@@ -99,13 +100,7 @@ class PeakMemory:
 
 def percentile(values: list[float], q: float) -> float:
     """``q``-th percentile (0–100) with linear interpolation."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
 def timed(run: Callable[[], Any], cuda: bool = False) -> float:

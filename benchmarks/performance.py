@@ -46,7 +46,6 @@ from perf_tools import (
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FP32_CPU = {"INFERENCE_PRECISION_HINT": "f32"}  # else bf16-capable CPUs run the FP32 IR in bfloat16
 PEERS = ("glass", "supersimplenet", "patchcore", "padim")
 TINY = {"backbone": "resnet18", "image_size": 128, "batch": 2, "epochs": 2, "train_images": 4, "test_images": 4,
         "val_images": 4, "throughput_runs": 1, "latency_runs": 2, "padim_features": 32, "threads": 1,
@@ -205,15 +204,9 @@ def torch_runner(module: torch.nn.Module, device: str) -> Callable[[torch.Tensor
 
 
 def _quantise(ov_model: Any, data: Any) -> tuple[Any, str]:
-    """INT8 PTQ on the validation images: the plugin's (anomaly-map ops kept in float) where present, else the
-    plain NNCF call anomalib's ``INT8_PTQ`` makes."""
-    try:
-        from anomalib_simplenet.deploy import post_training_quantize
-    except ImportError:
-        import nncf
+    """INT8 PTQ on the validation images with the plugin's fixed quantization (anomaly-map ops kept in float)."""
+    from anomalib_simplenet.deploy import post_training_quantize
 
-        calibration = nncf.Dataset(data.val_dataloader(), lambda batch: batch.image.numpy())
-        return nncf.quantize(ov_model, calibration), "nncf.quantize (as anomalib INT8_PTQ)"
     return post_training_quantize(ov_model, data), "anomalib_simplenet.deploy.post_training_quantize"
 
 
@@ -222,12 +215,14 @@ def openvino_models(model: Any, data: Any, args: argparse.Namespace) -> dict[str
     images (what ``INT8_PTQ`` export does, without exporting twice). Errors are returned, not raised."""
     import openvino as ov
 
+    from anomalib_simplenet.deploy import FP32_CPU_CONFIG  # else bf16-capable CPUs run the FP32 IR in bfloat16
+
     results: dict[str, Any] = {}
     core = ov.Core()
     try:
         start = time.perf_counter()
         xml = model.to_openvino(args.output / "export", model_file_name="simplenet_fp32")
-        results["fp32"] = {"compiled": core.compile_model(str(xml), "CPU", FP32_CPU),
+        results["fp32"] = {"compiled": core.compile_model(str(xml), "CPU", FP32_CPU_CONFIG),
                            "export_s": time.perf_counter() - start}
     except Exception as error:  # noqa: BLE001 (report and continue)
         logger.warning("OpenVINO FP32 export failed:\n%s", traceback.format_exc())
@@ -237,7 +232,7 @@ def openvino_models(model: Any, data: Any, args: argparse.Namespace) -> dict[str
         quantised, method = _quantise(core.read_model(str(xml)), data)
         int8_xml = xml.with_name("simplenet_int8.xml")
         ov.save_model(quantised, int8_xml, compress_to_fp16=False)
-        results["int8"] = {"compiled": core.compile_model(str(int8_xml), "CPU", FP32_CPU),
+        results["int8"] = {"compiled": core.compile_model(str(int8_xml), "CPU", FP32_CPU_CONFIG),
                            "export_s": time.perf_counter() - start, "method": method}
     except Exception as error:  # noqa: BLE001
         logger.warning("OpenVINO INT8 quantisation failed:\n%s", traceback.format_exc())

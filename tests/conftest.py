@@ -70,17 +70,23 @@ def magnetic_tile_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def mvtec_datamodule(root: Path, category: str, image_batch: int = 8):  # noqa: ANN201
-    """MVTecAD datamodule whose validation images are a split of the test folder, disjoint from test."""
+def mvtec_datamodule(  # noqa: ANN201
+    root: Path, category: str, image_batch: int = 8, train_batch: int | None = None, cls: type | None = None, **kwargs,
+):
+    """MVTecAD (or ``cls``) datamodule whose validation images are a split of the test folder, disjoint from test.
+
+    ``train_batch`` defaults to ``image_batch``; ``kwargs`` go to the datamodule.
+    """
     from anomalib.data import MVTecAD
 
-    return MVTecAD(
+    return (cls or MVTecAD)(
         root=root,
         category=category,
-        train_batch_size=image_batch,
+        train_batch_size=image_batch if train_batch is None else train_batch,
         eval_batch_size=image_batch,
         num_workers=0,
         val_split_mode="from_test",
         val_split_ratio=0.5,
         seed=0,
+        **kwargs,
     )

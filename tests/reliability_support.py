@@ -13,6 +13,8 @@ from anomalib.models import AnomalibModule
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
 from anomalib_simplenet.data import make_synthetic_mvtec
 
+from .conftest import mvtec_datamodule
+
 SIZE = 32
 TINY: dict[str, dict[str, Any]] = {
     "simplenet": {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 64, "target_embed_dim": 64,
@@ -41,10 +43,7 @@ def tiny_data(root: Path, n_train: int = 8, image_size: int = SIZE) -> Path:
 
 def datamodule(root: Path, batch: int = 4, cls: type = MVTecAD, **kwargs: Any) -> MVTecAD:  # noqa: ANN401
     """Datamodule over ``root/synthetic`` with a validation split taken from the test folder."""
-    return cls(
-        root=root, category="synthetic", train_batch_size=batch, eval_batch_size=8, num_workers=0,
-        val_split_mode="from_test", val_split_ratio=0.5, seed=0, **kwargs,
-    )
+    return mvtec_datamodule(root, "synthetic", image_batch=8, train_batch=batch, cls=cls, **kwargs)
 
 
 def engine(root_dir: Path, epochs: int = 1, **kwargs: Any) -> Engine:  # noqa: ANN401

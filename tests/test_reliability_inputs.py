@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,10 @@ def test_magnetic_tile_passes_as_is(magnetic_tile_subset: Path) -> None:
     """Real grayscale data of variable sizes: no error, no warning, and read as 3-channel images."""
     real = MVTecAD(root=magnetic_tile_subset, category="magnetic_tile", num_workers=0, val_split_mode="from_test")
     real.setup("fit")
-    check_datamodule(real, "fit")
-    check_datamodule(real, "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning of the checks fails the test
+        check_datamodule(real, "fit")
+        check_datamodule(real, "test")
     described = [describe_image(p) for p in real.train_data.samples.image_path]
     assert {mode for _, mode in described} == {"L"} and len({size for size, _ in described}) > 1
     assert read_image(real.train_data.samples.image_path[0], as_tensor=True).shape[0] == 3
