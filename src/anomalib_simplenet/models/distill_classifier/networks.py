@@ -1,29 +1,20 @@
-"""Student (ResNet-18 up to conv3_x + classification head) and frozen ResNet-18 teacher.
+"""Student of DistillClassifier: ResNet-18 up to conv3_x plus a classification head.
 
 Stage names follow the ResNet paper: ``conv2_x`` is timm/torchvision ``layer1`` (64 channels, stride 4) and
-``conv3_x`` is ``layer2`` (128 channels, stride 8). Student and teacher therefore have the same shapes at
-both stages and the distillation needs no projection layers.
+``conv3_x`` is ``layer2`` (128 channels, stride 8). The teacher lives in :mod:`.teacher`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from anomalib_simplenet.components.backbone import BackboneWeightsError, create_feature_extractor, freeze
-
 STAGES = ("conv2_x", "conv3_x")
 STAGE_CHANNELS = {"conv2_x": 64, "conv3_x": 128}
-TEACHER_BACKBONE = "resnet18"
-TEACHER_LAYERS = ("layer1", "layer2")  # = conv2_x, conv3_x
 EMBEDDING_DIM = 128
-# Seed of the teacher's random initialisation (``pre_trained=False``): the same teacher on every run, so
-# resumed and repeated runs distil towards the same targets.
-RANDOM_TEACHER_SEED = 0
 
 
 class StudentFeatures(NamedTuple):
@@ -102,45 +93,3 @@ class Student(nn.Module):
         """Features and logits ``(N, num_classes)`` (training path)."""
         features = self.features(images)
         return StudentOutput(features, self.fc(features.embedding))
-
-
-class Teacher(nn.Module):
-    """Frozen ResNet-18 (timm) returning its conv2_x/conv3_x maps, plus an optional trainable task head.
-
-    The head is a linear probe on the teacher's pooled conv3_x map (the frozen backbone's features are the
-    teacher's knowledge; the probe only maps them to the student's label space), trained with cross-entropy
-    on the same task as the student. Its softened predictions are the soft labels of the distillation.
-
-    Args:
-        pre_trained: ImageNet weights (hub or its cache; fails fast offline).
-        weights_path: local state-dict file; overrides ``pre_trained``.
-        num_classes: outputs of the task head; 0 = no head.
-    """
-
-    def __init__(self, pre_trained: bool = True, weights_path: str | Path | None = None, num_classes: int = 0) -> None:
-        super().__init__()
-        if pre_trained or weights_path is not None:
-            try:
-                backbone = create_feature_extractor(TEACHER_BACKBONE, TEACHER_LAYERS, pre_trained, weights_path)
-            except BackboneWeightsError as error:
-                msg = f"DistillClassifier teacher: {error} (here the local file argument is teacher_weights=...)"
-                raise BackboneWeightsError(msg) from error
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_TEACHER_SEED)
-                backbone = create_feature_extractor(TEACHER_BACKBONE, TEACHER_LAYERS, pre_trained=False)
-        self.backbone = freeze(backbone)
-        self.head = nn.Linear(EMBEDDING_DIM, num_classes) if num_classes > 0 else None
-
-    def train(self, mode: bool = True) -> Teacher:
-        """Switch mode, keeping the frozen backbone in eval mode (its BatchNorm statistics must not move)."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Images ``(N, 3, H, W)`` → ``[conv2_x (N, 64, h, w), conv3_x (N, 128, h/2, w/2)]`` and head logits."""
-        with torch.no_grad():
-            maps = list(self.backbone(images))
-        logits = self.head(maps[-1].mean(dim=(2, 3))) if self.head is not None else None
-        return maps, logits
