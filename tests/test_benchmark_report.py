@@ -97,6 +97,7 @@ def test_report_command_end_to_end(synthetic_root: Path, tmp_path: Path, monkeyp
         assert row["size_ratio"] == pytest.approx(row["size_mb"] / torch_row["size_mb"])
         assert all(0.0 <= row[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "image_f1"))
     # The measured torch metrics are anomalib's Engine.test metrics (same images, same metric classes).
+    assert payload["context"]["weights"] == "random initialisation (pre_trained=False)"  # explicit args win
     engine_test = payload["context"]["Engine.test (torch)"]
     assert torch_row["image_auroc"] == pytest.approx(engine_test["image_AUROC"], abs=1e-3)
     assert torch_row["pixel_auroc"] == pytest.approx(engine_test["pixel_AUROC"], abs=1e-3)
@@ -117,3 +118,24 @@ def test_unknown_model_is_a_clear_error(synthetic_root: Path, tmp_path: Path) ->
     with pytest.raises(ValueError, match="--model: no model class 'NoSuchModel'"):
         main(["--model", "NoSuchModel", "--data-root", str(synthetic_root), "--category", "synthetic",
               "--output", str(tmp_path / "run")])  # fmt: skip
+
+
+def test_weights_option_is_parsed_once_for_every_script(tmp_path: Path) -> None:
+    import argparse
+
+    from anomalib_simplenet.benchmark.weights import add_weights_argument, parse_weights, weights_kwargs
+
+    parser = argparse.ArgumentParser()
+    add_weights_argument(parser)
+    assert parser.parse_args([]).weights.kind == "packaged"
+    assert weights_kwargs("DistillClassifier", parser.parse_args([]).weights) == {
+        "pre_trained": True, "teacher_weights": None,
+    }
+    assert weights_kwargs("SimpleNet", parse_weights("random")) == {"pre_trained": False, "backbone_weights": None}
+    assert weights_kwargs("UNetAE", parse_weights("random")) == {}
+    weights = tmp_path / "net.pth"
+    weights.write_bytes(b"")
+    assert weights_kwargs("SimpleNet", parse_weights(str(weights)))["backbone_weights"] == str(weights)
+    for bad in ("pretrained", str(tmp_path / "missing.pth"), str(tmp_path)):
+        with pytest.raises(argparse.ArgumentTypeError, match="--weights must be 'packaged', 'random'"):
+            parse_weights(bad)

@@ -12,10 +12,11 @@ import yaml
 from anomalib_simplenet.deploy.precision import PRECISION_CHOICES
 
 from .run import BenchmarkConfig, run_benchmark
+from .weights import add_weights_argument, weights_kwargs
 
 EXAMPLE = """example:
-  python -m anomalib_simplenet.benchmark --model SimpleNet \\
-      --model-args '{"backbone": "resnet18", "pre_trained": false, "image_size": 256}' \\
+  python -m anomalib_simplenet.benchmark --model DistillClassifier \\
+      --model-args '{"teacher_backbone": "efficientnet_lite0", "image_size": 256}' --weights packaged \\
       --data-root ../shared/data --category magnetic_tile --epochs 2 --max-train 100 --max-test 120 \\
       --output results/benchmark_simplenet_magnetic_tile
 """
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model class, e.g. SimpleNet, UNetAE, DistillClassifier, Padim")
     p.add_argument("--model-args", type=_model_args, default={}, help="constructor arguments (JSON/YAML or file)")
+    add_weights_argument(p)
     p.add_argument("--checkpoint", type=Path, help="Lightning checkpoint to load instead of training")
     p.add_argument("--data-root", type=Path, required=True, help="folder holding the MVTec-layout category")
     p.add_argument("--category", required=True)
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the benchmark; exit code 0 when the torch reference was measured."""
     args = vars(parser().parse_args(argv))
     args["with_acq"] = args.pop("acq")
+    # Explicit --model-args win over what --weights implies.
+    args["model_args"] = {**weights_kwargs(args["model"], args.pop("weights")), **args["model_args"]}
     if args["input_size"] is not None:
         args["input_size"] = tuple(args["input_size"])
     if args["threads"] is None:

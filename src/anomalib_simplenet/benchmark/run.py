@@ -21,6 +21,7 @@ from .plot import plot_report
 from .report import Row, markdown_table, records_of, write_report
 from .runtime import load_runner
 from .variants import select_variants
+from .weights import weights_description
 
 
 @dataclass
@@ -132,6 +133,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         "model": config.model,
         "model hyper-parameters": dict(model.hparams),
         "input size": input_size,
+        "weights": weights_description(model),
         "data": f"{root / config.category}: {len(datamodule.train_data)} train, {len(datamodule.val_data)} val "
         f"(from test folder), {len(samples)} test images",
         "epochs": "from checkpoint " + str(config.checkpoint) if config.checkpoint else config.epochs,
@@ -147,6 +149,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
     records = records_of(rows)
     paths = write_report(rows, records, run_dir, context)
     plot_report(records, run_dir / "report.png", f"{config.model} on {config.category}")
+    print(f"weights: {context['weights']}", flush=True)
     print(markdown_table(records), flush=True)
     _step(f"report written: {', '.join(str(p) for p in paths.values())}, {run_dir / 'report.png'}")
     return records
