@@ -21,6 +21,8 @@ import timm
 import torch
 from lightning.pytorch import Callback
 
+from anomalib_simplenet.components.packaged_weights import set_batchnorm_eps
+
 _STATUS = Path("/proc/self/status")
 
 
@@ -157,8 +159,10 @@ def measure_inference(
 
 
 @contextmanager
-def injected_timm_weights(state: dict[str, torch.Tensor]) -> Iterator[list[str]]:
+def injected_timm_weights(state: dict[str, torch.Tensor], bn_eps: float | None = None) -> Iterator[list[str]]:
     """Inside the block every ``timm.create_model`` builds without download and loads ``state`` strictly.
+
+    ``bn_eps`` is set on every BatchNorm of the created networks (the epsilon the weights were trained with).
 
     For anomalib models whose backbone has no offline switch (``Supersimplenet``) or whose offline switch
     changes training (``Glass(pre_trained=False)`` trains its backbone): they are built as with ImageNet
@@ -178,6 +182,8 @@ def injected_timm_weights(state: dict[str, torch.Tensor]) -> Iterator[list[str]]
             msg = f"shared backbone weights do not fit timm model {model_name!r}: {bad[:5]}"
             raise RuntimeError(msg)
         model.load_state_dict({key: state[key] for key in own})
+        if bn_eps is not None:
+            set_batchnorm_eps(model, bn_eps)
         created.append(model_name)
         return model
 
@@ -189,10 +195,11 @@ def injected_timm_weights(state: dict[str, torch.Tensor]) -> Iterator[list[str]]
 
 
 def first_conv_matches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    """Whether some ``conv1.weight`` in ``module`` equals the shared weights' (proof the injection worked)."""
-    reference = state["conv1.weight"]
+    """Whether ``module`` holds the shared weights' first convolution (proof the injection worked)."""
+    first = next(key for key, value in state.items() if value.ndim == 4)  # ``conv1.weight``, ``conv_stem.weight``
+    reference = state[first]
     return any(
-        name.endswith("conv1.weight") and value.shape == reference.shape and torch.equal(value.cpu(), reference)
+        name.endswith(first) and value.shape == reference.shape and torch.equal(value.cpu(), reference)
         for name, value in module.state_dict().items()
     )
 

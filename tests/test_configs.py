@@ -29,6 +29,13 @@ OVERLAYS = {
     "distill_classifier_lr1e-3": ("distill_classifier", {"learning_rate": 1e-3}),
     "distill_classifier_lr3e-3": ("distill_classifier", {"learning_rate": 3e-3}),
     "distill_classifier_cls0.5": ("distill_classifier", {"classification_weight": 0.5, "feature_weight": 1.0}),
+    "simplenet_offline": ("simplenet", {
+        "backbone": "efficientnet_lite0", "layers": ["blocks.2", "blocks.4"], "pretrain_embed_dim": 152,
+        "target_embed_dim": 152, "pre_trained": True,
+    }),
+    "distill_classifier_offline": (
+        "distill_classifier", {"teacher_backbone": "efficientnet_lite0", "teacher_layers": None, "pre_trained": True},
+    ),
     "unet_ae_latent64": ("unet_ae", {"latent_dim": 64}),
     "unet_ae_latent128": ("unet_ae", {"latent_dim": 128}),
     "unet_ae_latent256": ("unet_ae", {"latent_dim": 256}),
@@ -42,6 +49,13 @@ TINY = {
     "distill_classifier": ["--model.pre_trained", "false", "--model.image_size", "64"],
     "unet_ae": ["--model.image_size", "64", "--model.depth", "3", "--model.base_channels", "8"],
 }  # fmt: skip
+# Offline overlays train with the packaged ImageNet weights (no pre_trained=false).
+TINY_OFFLINE = {"distill_classifier": ["--model.image_size", "64"]}
+
+
+def _approx(expected: dict) -> dict:
+    """``expected`` with floats compared approximately (pytest.approx itself rejects the list values)."""
+    return {key: pytest.approx(value) if isinstance(value, float) else value for key, value in expected.items()}
 
 
 def _path(name: str) -> str:
@@ -103,7 +117,7 @@ def test_overlay_sets_valid_hyper_parameters(overlay: str) -> None:
 
     base, expected = OVERLAYS[overlay]
     init_args = yaml.safe_load(Path(_path(overlay)).read_text())["model"]["init_args"]
-    assert init_args == pytest.approx(expected)
+    assert init_args == _approx(expected)
     model = getattr(anomalib_simplenet, BASES[base])
     assert set(init_args) <= set(inspect.signature(model.__init__).parameters)
 
@@ -114,7 +128,8 @@ def test_overlays_parse_on_their_base(parser: ArgumentParser, base: str) -> None
     overlays = sorted(name for name, (of, _) in OVERLAYS.items() if of == base)
     config = _parse(parser, "train", *_config_args(base, *overlays))
     assert config.model.class_path.endswith(BASES[base])
-    assert {k: config.model.init_args[k] for k in OVERLAYS[overlays[-1]][1]} == pytest.approx(OVERLAYS[overlays[-1]][1])
+    last = OVERLAYS[overlays[-1]][1]
+    assert {k: config.model.init_args[k] for k in last} == _approx(last)
     assert [c.init_args.monitor for c in config.trainer.callbacks[:2]] == ["val_loss", "val_loss"]
 
 
@@ -152,15 +167,17 @@ def _logged_columns(root: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("base", "overlays"),
     [("simplenet", ["simplenet_noise0.03"]), ("distill_classifier", ["distill_classifier_lr3e-3"]),
-     ("distill_classifier", ["distill_classifier_scratch"])],
-    ids=["simplenet", "distill", "scratch"],
+     ("distill_classifier", ["distill_classifier_scratch"]),
+     ("distill_classifier", ["distill_classifier_offline"])],
+    ids=["simplenet", "distill", "scratch", "distill_offline"],
 )  # fmt: skip
 def test_config_trains_a_tiny_run(
     base: str, overlays: list[str], synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``anomalib train --config ...`` with the config's own logger and callbacks (EarlyStopping, checkpoint)."""
     monkeypatch.chdir(tmp_path)  # the configs' relative results/ folders land here
-    cli = _train([*_config_args(base, *overlays), *TINY[base], *_data_args(synthetic_root)])
+    tiny = TINY_OFFLINE[base] if overlays[-1].endswith("_offline") else TINY[base]
+    cli = _train([*_config_args(base, *overlays), *tiny, *_data_args(synthetic_root)])
     trainer = cli.engine.trainer
     assert {"image_AUROC", "pixel_AUROC"} <= set(trainer.callback_metrics)
     assert trainer.checkpoint_callback.monitor == "val_loss"
