@@ -57,7 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PEERS = ("glass", "supersimplenet", "patchcore", "padim")
-TINY = {"backbone": "resnet18", "weights": parse_weights("random"), "image_size": 128, "batch": 2, "epochs": 2, "train_images": 4, "test_images": 4,
+TINY = {"backbone": "resnet18", "weights": parse_weights("random"), "image_size": 128, "batch": 2, "epochs": 2,
+        "train_images": 4, "test_images": 4,
         "val_images": 4, "throughput_runs": 1, "latency_runs": 2, "padim_features": 32, "threads": 1,
         "peer_epochs": 1}
 logger = logging.getLogger("benchmarks.performance")
@@ -389,8 +390,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     deepest = backbone_layers(args.backbone)["layers"][-1]
     for channels_last in (False, True):
-        backbone = freeze(create_feature_extractor(args.backbone, [deepest], simplenet_weights.get("pre_trained", False),
-                                                   simplenet_weights.get("backbone_weights")))
+        backbone = freeze(create_feature_extractor(
+            args.backbone, [deepest], simplenet_weights.get("pre_trained", False),
+            simplenet_weights.get("backbone_weights"),
+        ))
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
         label = f"bare backbone to {deepest} ({'channels_last' if channels_last else 'NCHW'})"

@@ -150,7 +150,7 @@ def test_distill_from_packaged_efficientnet_lite0_teacher(synthetic_root: Path, 
     checkpoint = torch.load(checkpoints.last_model_path, map_location="cpu", weights_only=False)
     assert not any("teacher" in key or "projection" in key or "backbone" in key for key in checkpoint["state_dict"])
     trainable = checkpoint["distill_classifier_teacher_trainable"]
-    assert set(trainable) == {"projections.0.weight", "projections.0.bias", "projections.1.weight", "projections.1.bias"}
+    assert set(trainable) == {f"projections.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
     assert trainable["projections.0.weight"].shape == (24, 64, 1, 1)
     assert not torch.equal(trainable["projections.0.weight"], seen["start"]["projections.0.weight"])  # trained
     reloaded = DistillClassifier.load_from_checkpoint(checkpoints.last_model_path)

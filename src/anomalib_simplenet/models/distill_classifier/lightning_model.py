@@ -22,22 +22,20 @@ from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_p
 from anomalib_simplenet.components.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
+from .arguments import check_arguments, default_weight
 from .fitting import collect_features, holdout_mask
 from .loss import FeatureDistillationLoss, SoftLabelDistillationLoss
 from .networks import STAGES, stage_grid
-from .teacher import TEACHER_BACKBONE, Teacher, resolve_teacher_layers
 from .post_processing import PercentileThresholdPostProcessor
 from .tasks import (
     apply_transforms,
     category_labels,
-    check_num_transforms,
     fixed_transform_labels,
     random_transform_labels,
 )
-from .torch_model import DistillClassifierModel, check_image_score, check_map_layers
+from .teacher import TEACHER_BACKBONE, Teacher, resolve_teacher_layers
+from .torch_model import DistillClassifierModel
 
-MODES = ("scratch", "distill")
-THRESHOLD_MODES = ("f1_adaptive", "percentile")
 _TEACHER_STATE_KEY = "distill_classifier_teacher_trainable"
 
 
@@ -55,11 +53,11 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
     ``teacher_backbone``, ResNet-18 by default; ImageNet weights or ``teacher_weights``) is matched at conv2_x
     and conv3_x with STPM's loss — by default its deepest stages at stride 4 and 8 (ResNet-18: ``layer1``/
     ``layer2``, the student's own shapes; EfficientNet-Lite: ``blocks.1``/``blocks.2``), with training-only 1×1
-    projections of the student's maps where the teacher's channels differ — plus, when there is a category task, soft-label distillation of the head
-    from a linear probe on the teacher's pooled features. On a single category that soft-label term is off
-    by default (``soft_label_weight=None`` → 0): the transform labels would have to be learned by the probe
-    on top of the frozen teacher — with a random teacher its soft labels carry no knowledge — so distillation
-    of a single category is pure feature matching. The teacher, its projections and its head exist only during
+    projections of the student's maps where the teacher's channels differ — plus, when there is a category task,
+    soft-label distillation of the head from a linear probe on the teacher's pooled features. On a single
+    category that soft-label term is off by default (``soft_label_weight=None`` → 0): the transform labels
+    would have to be learned by the probe on top of the frozen teacher — with a random teacher its soft labels
+    carry no knowledge — so distillation of a single category is pure feature matching. The teacher, its projections and its head exist only during
     ``fit`` and are not part of ``self.model``: state dicts, inference and exports contain the student alone
     (a checkpoint keeps the projections' and head's tensors in a side entry, only for resuming ``fit``).
 
@@ -144,7 +142,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        _check_arguments(locals())
+        check_arguments(locals())
         if mode == "distill":
             teacher_layers = resolve_teacher_layers(teacher_backbone, teacher_layers)  # a clear error now, not at fit
         grid = stage_grid(as_size(image_size), "conv3_x")
@@ -252,8 +250,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         distill = hparams.mode == "distill"
         weights = {
             "feature": float(hparams.feature_weight) if distill else 0.0,
-            "classification": _default(hparams.classification_weight, 0.0 if distill else 1.0),
-            "soft_label": _default(hparams.soft_label_weight, 1.0 if distill and multi_category else 0.0),
+            "classification": default_weight(hparams.classification_weight, 0.0 if distill else 1.0),
+            "soft_label": default_weight(hparams.soft_label_weight, 1.0 if distill and multi_category else 0.0),
         }
         if strict and not any(weights.values()):
             msg = f"all loss weights are 0 in mode {hparams.mode!r}: {weights}; nothing would be trained"
@@ -396,45 +394,3 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
     def learning_type(self) -> LearningType:
         """One-class: trained on normal images only."""
         return LearningType.ONE_CLASS
-
-
-def _default(value: float | None, default: float) -> float:
-    return default if value is None else float(value)
-
-
-def _check_arguments(arguments: dict[str, Any]) -> None:
-    """Clear errors for invalid constructor arguments (named as in the signature)."""
-    mode = arguments["mode"]
-    if mode not in MODES:
-        msg = f"mode must be one of {MODES}, got {mode!r}"
-        raise ValueError(msg)
-    if arguments["threshold_mode"] not in THRESHOLD_MODES:
-        msg = f"threshold_mode must be one of {THRESHOLD_MODES}, got {arguments['threshold_mode']!r}"
-        raise ValueError(msg)
-    for name in ("feature_weight", "classification_weight", "soft_label_weight", "weight_decay"):
-        if arguments[name] is not None and arguments[name] < 0:
-            msg = f"{name} must be >= 0, got {arguments[name]}"
-            raise ValueError(msg)
-    for name in ("learning_rate", "temperature"):
-        if arguments[name] <= 0:
-            msg = f"{name} must be > 0, got {arguments[name]}"
-            raise ValueError(msg)
-    if mode == "scratch" and arguments["soft_label_weight"]:
-        msg = "soft_label_weight needs a teacher: use mode='distill' or soft_label_weight=0"
-        raise ValueError(msg)
-    if mode == "scratch" and arguments["classification_weight"] == 0:
-        msg = "classification_weight must be > 0 in mode='scratch' (it is the only training signal)"
-        raise ValueError(msg)
-    if not 0 < arguments["threshold_percentile"] <= 100:
-        msg = f"threshold_percentile must be in (0, 100], got {arguments['threshold_percentile']}"
-        raise ValueError(msg)
-    if not 0 <= arguments["holdout_fraction"] < 1:
-        msg = f"holdout_fraction must be in [0, 1), got {arguments['holdout_fraction']}"
-        raise ValueError(msg)
-    check_num_transforms(arguments["num_transforms"])
-    check_map_layers(arguments["map_layers"])
-    check_image_score(arguments["image_score"])
-    categories = arguments["categories"]
-    if categories is not None and (isinstance(categories, str) or len(set(categories)) != len(categories)):
-        msg = f"categories must be a list of unique names, got {categories!r}"
-        raise ValueError(msg)
