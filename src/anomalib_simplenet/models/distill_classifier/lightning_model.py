@@ -57,9 +57,10 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
     soft-label distillation of the head from a linear probe on the teacher's pooled features. On a single
     category that soft-label term is off by default (``soft_label_weight=None`` → 0): the transform labels
     would have to be learned by the probe on top of the frozen teacher — with a random teacher its soft labels
-    carry no knowledge — so distillation of a single category is pure feature matching. The teacher, its projections and its head exist only during
-    ``fit`` and are not part of ``self.model``: state dicts, inference and exports contain the student alone
-    (a checkpoint keeps the projections' and head's tensors in a side entry, only for resuming ``fit``).
+    carry no knowledge — so distillation of a single category is pure feature matching. The teacher, its
+    projections and its head exist only during ``fit`` and are not part of ``self.model``: state dicts,
+    inference and exports contain the student alone (a checkpoint keeps the projections' and head's tensors in a
+    side entry, only for resuming ``fit``).
 
     **Scoring.** After each training epoch — before its validation, so that the post-processor's threshold and
     normalisation see the current student, and before checkpoints are saved — Gaussians are fitted with
