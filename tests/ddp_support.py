@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -35,7 +34,7 @@ MODELS = {
 }
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--devices", type=int, default=2)
@@ -48,7 +47,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--local-only", action="store_true")
     parser.add_argument("--dbscan", action="store_true")
     parser.add_argument("--model-args", default="{}", help="JSON, added to the model's small settings")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _local_only() -> None:
@@ -66,8 +65,9 @@ def _local_only() -> None:
         module.gather_by_key = gather_local
 
 
-def main() -> None:
-    args = _arguments()
+def main(argv: list[str] | None = None) -> None:
+    """Run as the command line ``argv`` says (also callable in-process for one-process reference runs)."""
+    args = _arguments(argv)
     torch.set_num_threads(1)
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
@@ -144,4 +144,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(main())
+    main()

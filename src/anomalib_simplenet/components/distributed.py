@@ -68,7 +68,8 @@ def log_global_mean(module: LightningModule, name: str, value: torch.Tensor | No
 
     ``sync_dist`` with Lightning's mean reduction weights each rank by its ``count``. Under DDP a rank with
     nothing to add (``value is None`` or ``count == 0``) logs zero weight, since every rank must take part in
-    the synchronisation; in one process it logs nothing.
+    the synchronisation; in one process it logs nothing. Pass the same ``kwargs`` in both cases (Lightning
+    refuses one name logged with different arguments).
     """
     if value is None or count == 0:
         if not is_distributed():

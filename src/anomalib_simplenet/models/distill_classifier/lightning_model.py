@@ -309,7 +309,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
             loss = self.objective(batch.image[normal], paths, train=False)["loss"]
             log_global_mean(self, "val_loss", loss, int(normal.sum()), prog_bar=True)  # over all ranks' images
         elif has_objective:
-            log_global_mean(self, "val_loss", None, 0)  # under DDP every rank takes part in the sync
+            log_global_mean(self, "val_loss", None, 0, prog_bar=True)  # under DDP every rank takes part in the sync
         return batch.update(**self.model(batch.image)._asdict())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
