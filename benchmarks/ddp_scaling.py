@@ -9,7 +9,8 @@ two processes with ``--batch / 2`` each (DDP averages their gradients), so both 
 optimiser steps. Weights: SimpleNet on ``efficientnet_lite0`` with its packaged ImageNet weights; DistillClassifier
 in ``scratch`` mode and UNetAE from random initialisation (no teacher weights offline). The test folder is
 subsampled (``--test-good``, ``--test-defects`` per type); half of it validates (``val_split_mode=from_test``),
-the other half is where the metrics come from.
+the other half is where the metrics come from. ``--seed 1 --procs 1`` gives the one-process run-to-run spread
+against which the 1-vs-2-process differences can be read.
 
 Seconds per epoch is the training-loop time of an epoch (validation excluded), as rank 0 measures it; the first
 epoch and the mean of the later ones are reported apart (SimpleNet's feature cache serves the later ones). Peak
@@ -48,6 +49,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--procs", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything (another seed: the run-to-run spread)")
     parser.add_argument("--out", type=Path, default=Path("results/ddp_scaling"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # model name: run one fit/test (re-launched by DDP)
     parser.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
@@ -76,12 +78,12 @@ def worker(args: argparse.Namespace) -> None:
         def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
             self.seconds.append(time.perf_counter() - self._start)
 
-    seed_everything(0)
+    seed_everything(args.seed)
     model = getattr(anomalib_simplenet, args.worker)(**MODELS[args.worker], image_size=args.image_size)
     datamodule = MVTecAD(root=args.root, category=args.category, train_batch_size=args.batch // args.devices,
                          eval_batch_size=16, num_workers=0, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
     timer = EpochTimer()
-    run = args.out / f"{args.worker}_{args.devices}"
+    run = args.out / f"{args.worker}_{args.devices}_seed{args.seed}"
     engine = Engine(max_epochs=args.epochs, default_root_dir=run, accelerator="cpu", devices=args.devices,
                     strategy="ddp" if args.devices > 1 else "auto", logger=False, enable_progress_bar=False,
                     callbacks=[timer])
@@ -92,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
     rank = engine.trainer.global_rank
     weights = getattr(model.model, "feature_extractor", None)
     record = {
-        "model": args.worker, "procs": args.devices, "rank": rank, "epoch_seconds": timer.seconds,
+        "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank, "epoch_seconds": timer.seconds,
         "fit_seconds": fit_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "weights": getattr(weights, "weights_source", "random initialisation"),
@@ -101,16 +103,17 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _table(records: list[dict]) -> str:
-    lines = ["| model | processes | s/epoch (1st) | s/epoch (later) | peak RSS per process (MB) | image AUROC | "
-             "pixel AUROC | fit s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | processes | seed | s/epoch (1st) | s/epoch (later) | peak RSS per process (MB) | image AUROC | "
+             "pixel AUROC | fit s |", "|---|---|---|---|---|---|---|---|---|"]
     for record in records:
         seconds = record["epoch_seconds"]
         later = sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else float("nan")
         metrics = record["metrics"]
         lines.append(
-            f"| {record['model']} | {record['procs']} | {seconds[0]:.1f} | {later:.1f} | "
-            f"{' / '.join(f'{mb:.0f}' for mb in record['peak_rss_mb'])} | {metrics.get('image_AUROC', float('nan')):.3f} | "
-            f"{metrics.get('pixel_AUROC', float('nan')):.3f} | {record['fit_seconds']:.0f} |"
+            f"| {record['model']} | {record['procs']} | {record['seed']} | {seconds[0]:.1f} | {later:.1f} | "
+            f"{' / '.join(f'{mb:.0f}' for mb in record['peak_rss_mb'])} | "
+            f"{metrics.get('image_AUROC', float('nan')):.3f} | {metrics.get('pixel_AUROC', float('nan')):.3f} | "
+            f"{record['fit_seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -132,10 +135,11 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", model, "--devices", str(procs), "--root", str(root),
                        "--category", args.category, "--image-size", str(args.image_size), "--epochs",
                        str(args.epochs), "--batch", str(args.batch), "--threads", str(args.threads),
-                       "--out", str(args.out)]
+                       "--seed", str(args.seed), "--out", str(args.out)]
             start = time.perf_counter()
             subprocess.run(command, check=True, env=env)
-            ranks = [json.loads((args.out / f"{model}_{procs}" / f"rank{r}.json").read_text()) for r in range(procs)]
+            run = args.out / f"{model}_{procs}_seed{args.seed}"
+            ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in range(procs)]
             record = {**ranks[0], "peak_rss_mb": [rank["peak_rss_mb"] for rank in ranks],
                       "wall_seconds": time.perf_counter() - start}
             records.append(record)
@@ -143,7 +147,7 @@ def main() -> None:
     table = _table(records)
     print(f"\n{args.category}: {args.train} train images, {args.image_size} px, {args.epochs} epochs, global batch "
           f"{args.batch}, {args.threads} thread(s) per process\n\n{table}")
-    (args.out / "ddp_scaling.json").write_text(json.dumps(records, indent=1))
+    (args.out / f"ddp_scaling_seed{args.seed}.json").write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

@@ -55,12 +55,17 @@ def _arguments(model: str, root: Path, category: str, out: Path, extra: list[str
     return [*arguments, *extra]
 
 
-def run_ddp(model: str, root: Path, category: str, out: Path, *extra: str) -> dict:
-    """Two ranks in subprocesses; rank 0's saved results."""
-    command = [sys.executable, str(SCRIPT), *_arguments(model, root, category, out, list(extra)), "--devices", "2"]
+def _run(command: list[str]) -> str:
+    """Run ``command`` (one intra-op thread per process); its output, after checking that it succeeded."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+def run_ddp(model: str, root: Path, category: str, out: Path, *extra: str) -> dict:
+    """Two ranks in subprocesses; rank 0's saved results."""
+    _run([sys.executable, str(SCRIPT), *_arguments(model, root, category, out, list(extra)), "--devices", "2"])
     return torch.load(out / "fitted.pt", weights_only=False)
 
 
@@ -156,20 +161,16 @@ def test_magnetic_tile_subset(magnetic_tile_subset: Path, tmp_path: Path) -> Non
 
 
 def test_anomalib_cli_ddp(ddp_data: Path, tmp_path: Path) -> None:
-    command = [
-        anomalib_command(), "train", "--model", "SimpleNet",
-        "--model.backbone", "resnet18", "--model.pre_trained", "false", "--model.image_size", "64",
-        "--model.pretrain_embed_dim", "64", "--model.target_embed_dim", "64", "--model.discriminator_hidden", "32",
-        "--data", "MVTecAD", "--data.root", str(ddp_data), "--data.category", "synthetic",
-        "--data.num_workers", "0", "--data.train_batch_size", "4", "--data.eval_batch_size", "4",
-        "--data.val_split_mode", "from_test",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.max_epochs", "1", "--trainer.logger", "false", "--default_root_dir", str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
-    assert "image_AUROC" in result.stdout + result.stderr
+    settings = {f"--model.{name}": str(value).lower() for name, value in ddp_support.MODELS["SimpleNet"].items()}
+    options = {
+        **settings, "--data": "MVTecAD", "--data.root": str(ddp_data), "--data.category": "synthetic",
+        "--data.num_workers": "0", "--data.train_batch_size": "4", "--data.val_split_mode": "from_test",
+        "--trainer.strategy": "ddp", "--trainer.devices": "2", "--trainer.accelerator": "cpu",
+        "--trainer.max_epochs": "1", "--trainer.logger": "false", "--default_root_dir": str(tmp_path),
+    }
+    arguments = [item for pair in options.items() for item in pair]
+    output = _run([anomalib_command(), "train", "--model", "SimpleNet", *arguments])
+    assert "image_AUROC" in output
     checkpoints = list(tmp_path.rglob("*.ckpt"))
     assert len(checkpoints) == 1, checkpoints
     loaded = anomalib_simplenet.SimpleNet.load_from_checkpoint(checkpoints[0])

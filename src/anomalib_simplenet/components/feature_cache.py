@@ -241,7 +241,9 @@ class TrainingFeatureCache:
             self._fall_back(reason)
             return
         # Under DDP each rank caches the images of its own shard; on disk, in its own folder.
-        directory = None if self.mode in {"auto", "memory"} else (rank_directory(self.directory) if self.directory else "")
+        directory = None
+        if self.mode == "disk":
+            directory = rank_directory(self.directory) if self.directory else ""
         self.cache = FeatureCache(self.max_bytes, directory)
         self.expected_images = train_set_size(trainer)
         self.reason, self._full_reported = None, False
