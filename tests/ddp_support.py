@@ -38,6 +38,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--category", default="synthetic")
     parser.add_argument("--out", type=Path, required=True)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     record = Record()
     callbacks = [record] + ([DBSCANPostProcessor(mode="report", min_samples=3, plots=False)] if args.dbscan else [])
     strategy = "ddp" if args.devices > 1 else "auto"
-    engine = Engine(max_epochs=args.epochs, default_root_dir=args.out / "run", accelerator="cpu",
+    engine = Engine(max_epochs=args.epochs, default_root_dir=args.out / "run", accelerator=args.accelerator,
                     devices=args.devices, strategy=strategy, logger=False, enable_progress_bar=False,
                     callbacks=callbacks)
     engine.fit(model, datamodule=datamodule)

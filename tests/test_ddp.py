@@ -175,3 +175,12 @@ def test_anomalib_cli_ddp(ddp_data: Path, tmp_path: Path) -> None:
     assert len(checkpoints) == 1, checkpoints
     loaded = anomalib_simplenet.SimpleNet.load_from_checkpoint(checkpoints[0])
     assert torch.isfinite(loaded.post_processor._image_threshold)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (none in CI; the CPU runs above are the check)")
+def test_two_gpus_fit_what_one_cpu_process_fits(ddp_data: Path, tmp_path: Path) -> None:
+    """The same check on GPUs (NCCL). Looser: cuDNN's convolutions round differently from the CPU's."""
+    two = run_ddp("DistillClassifier", ddp_data, "synthetic", tmp_path / "gpu", "--frozen", "--accelerator", "gpu")
+    one = run_single("DistillClassifier", ddp_data, "synthetic", tmp_path / "cpu", "--frozen")
+    for key, value in one["state"].items():
+        torch.testing.assert_close(two["state"][key], value, rtol=1e-3, atol=1e-4, equal_nan=True, msg=key)
