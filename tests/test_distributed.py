@@ -1,7 +1,7 @@
 """The shared DDP pieces: gathering per-sample rows by key across ranks (padding repeats dropped), sums over
 unique samples, gradient averaging, per-rank folders, fixed training shards, and the callback's samplers.
 
-Multi-rank cases run two gloo processes (``torch.multiprocessing.spawn``) on this CPU.
+Multi-rank cases run two forked gloo processes on this CPU.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def _free_port() -> int:
 
 
 def test_two_ranks_gather_each_sample_once(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children start in a second, instead of importing torch and Lightning again (CPU, gloo only).
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
 
 
 def test_one_process_dedupes_and_orders_by_key(tmp_path: Path) -> None:

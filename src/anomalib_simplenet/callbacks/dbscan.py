@@ -59,7 +59,7 @@ from anomalib_simplenet.clustering import (
     finite_rows,
     inspect_assignment,
 )
-from anomalib_simplenet.components.distributed import gather_by_key, is_distributed, rank_and_world
+from anomalib_simplenet.components.distributed import batch_keys, gather_by_key, is_distributed, rank_and_world
 
 RESULTS_CSV = "dbscan_results.csv"
 PCA_PLOT = "dbscan_pca.png"
@@ -333,8 +333,7 @@ class DBSCANPostProcessor(Callback):
             if transform is not None:
                 images = transform(images)
             embeddings = self._embed(pl_module, images)
-            item_paths = [str(p) for p in item.image_path] if item.image_path is not None else [
-                f"#{len(paths) + i}" for i in range(len(embeddings))]
+            item_paths = batch_keys(item.image_path, len(embeddings), len(paths))
             if self.normal_source == "val":
                 if item.gt_label is None:
                     msg = "normal_source='val' needs labelled validation images"

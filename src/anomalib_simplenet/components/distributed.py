@@ -122,6 +122,15 @@ def gather_by_key(keys: Sequence[str], *tensors: torch.Tensor) -> tuple[list[str
     return ordered, [row[index.to(row.device)] for row in rows]
 
 
+def batch_keys(paths: Sequence[Any] | None, count: int, start: int) -> list[str]:
+    """Keys of a batch's ``count`` samples: their image paths, else this rank's running numbers from ``start``
+    (distinct across ranks, so samples without a path are never merged)."""
+    if paths is not None:
+        return [str(path) for path in paths]
+    rank, _ = rank_and_world()
+    return [f"rank{rank}#{start + i}" for i in range(count)]
+
+
 def sum_over_samples(keys: Sequence[str], *per_sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Totals ``(...)`` of per-sample values ``(N, ...)`` over all ranks, each key counted once.
 

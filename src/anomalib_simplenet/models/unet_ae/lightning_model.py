@@ -16,7 +16,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_simplenet.components.distributed import all_reduce_sum, gather_by_key
+from anomalib_simplenet.components.distributed import all_reduce_sum, batch_keys, gather_by_key
 from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, resize_pre_processor
 from anomalib_simplenet.components.size_checks import check_input_size
@@ -192,8 +192,7 @@ class UNetAE(PluginModuleMixin, AnomalibModule):
             anomaly_map = self.model.anomaly_map_generator(images, reconstruction)
             embeddings.append(embedding)
             map_scores.append(image_score(anomaly_map, self.model.score_mode, self.model.top_k))
-            paths = batch.image_path or [f"#{len(keys) + i}" for i in range(len(images))]
-            keys += [str(path) for path in paths]
+            keys += batch_keys(batch.image_path, len(images), len(keys))
         # Under DDP: every rank's images, once each (the sampler pads shards with repeats), in path order.
         _, (embeddings, map_scores) = gather_by_key(keys, torch.cat(embeddings), torch.cat(map_scores))
         self.model.fit_embedding_distribution(embeddings, map_scores)
