@@ -134,7 +134,20 @@ def batch_keys(paths: Sequence[Any] | None, count: int, start: int) -> list[str]
 def sum_over_samples(keys: Sequence[str], *per_sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Totals ``(...)`` of per-sample values ``(N, ...)`` over all ranks, each key counted once.
 
-    For statistics built from sums and counts (means, variances, scales): give each image's own sums.
+    For statistics built from sums and counts (means, variances, scales): give each image's own sums, e.g. the
+    per-channel mean and variance of features ``(N, D, h, w)`` over whatever loader this rank iterates::
+
+        sums, squares, counts, keys = [], [], [], []
+        for batch in loader:
+            features = extract(batch.image).double()
+            sums.append(features.sum(dim=(2, 3)))
+            squares.append(features.square().sum(dim=(2, 3)))
+            counts.append(torch.full((len(features),), features[0, 0].numel(), dtype=torch.float64))
+            keys += batch_keys(batch.image_path, len(features), len(keys))
+        total, total_sq, n = sum_over_samples(keys, torch.cat(sums), torch.cat(squares), torch.cat(counts))
+        mean, var = total / n, total_sq / n - (total / n) ** 2
+
+    Every rank must call it (a collective), with the same number of tensors.
     """
     _, rows = gather_by_key(keys, *per_sample)
     return tuple(row.sum(dim=0) for row in rows)
