@@ -27,7 +27,12 @@ When things happen during ``trainer.test`` (also the test run of ``anomalib trai
 Degenerate input (fewer normal images than ``min_samples``, every normal image noise, NaN embeddings, no
 datamodule to take normal images from) gives a warning and a printed line saying why and what to change; the
 model's own predictions then pass through untouched. Limits: the test loop only (``predict`` has neither
-labels nor a reference set), and one process (under DDP each rank would cluster its own share of the images).
+labels nor a reference set).
+
+Under DDP each rank embeds its unpadded share of the reference images; the shares are gathered (one row per
+image path, in path order), so every rank fits the same standardisation, PCA, ``eps`` and DBSCAN as one
+process would. At the end of ``test`` the ranks' test rows are gathered the same way: metrics, CSV and plots
+cover every test image once (files written by rank 0).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -53,6 +59,7 @@ from anomalib_simplenet.clustering import (
     finite_rows,
     inspect_assignment,
 )
+from anomalib_simplenet.components.distributed import batch_keys, gather_by_key, is_distributed, rank_and_world
 
 RESULTS_CSV = "dbscan_results.csv"
 PCA_PLOT = "dbscan_pca.png"
@@ -200,6 +207,8 @@ class DBSCANPostProcessor(Callback):
         if self._problem is not None:
             _print(self._problem)  # already warned in on_test_start; repeat it where the table would be
             return
+        if is_distributed():
+            self._gather_test_rows()
         if not self._test_embeddings:
             self._report_problem("DBSCANPostProcessor: no test images were seen")
             return
@@ -239,7 +248,8 @@ class DBSCANPostProcessor(Callback):
             "eps": float(self._detector.eps_),
         }
         self.metrics = metrics
-        pl_module.log_dict({f"dbscan_{name}": value for name, value in metrics.items()})
+        # Every rank holds the same gathered metrics; sync_dist only tells Lightning so (mean of equal values).
+        pl_module.log_dict({f"dbscan_{name}": value for name, value in metrics.items()}, sync_dist=is_distributed())
         self.results = self._rows(gt, assignment)
         folder = self.output_dir or Path(trainer.default_root_dir)
         self._write(folder, gt, tsne_xy, assignment, pl_module)
@@ -306,31 +316,47 @@ class DBSCANPostProcessor(Callback):
                 "datamodule=...) or the anomalib CLI with --data)"
             )
             raise DegenerateInputError(msg)
+        rank, world = rank_and_world()
         loader = DataLoader(
             dataset,
             batch_size=getattr(datamodule, "eval_batch_size", 32),
-            shuffle=False,
+            # Under DDP: this rank's share, each image on one rank only (gathered below).
+            sampler=UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False),
             num_workers=getattr(datamodule, "num_workers", 0),
             collate_fn=getattr(datamodule, "external_collate_fn", None) or dataset.collate_fn,
         )
         # The same transform the PreProcessor applies to each test batch in on_test_batch_start.
         transform = getattr(getattr(pl_module, "pre_processor", None), "transform", None)
-        chunks = []
+        chunks, paths = [], []
         for item in loader:
             images = item.image.to(pl_module.device)
             if transform is not None:
                 images = transform(images)
             embeddings = self._embed(pl_module, images)
+            item_paths = batch_keys(item.image_path, len(embeddings), len(paths))
             if self.normal_source == "val":
                 if item.gt_label is None:
                     msg = "normal_source='val' needs labelled validation images"
                     raise DegenerateInputError(msg)
-                embeddings = embeddings[item.gt_label.cpu().numpy() == 0]
+                keep = item.gt_label.cpu().numpy() == 0
+                embeddings, item_paths = embeddings[keep], [p for p, k in zip(item_paths, keep, strict=True) if k]
             chunks.append(embeddings)
+            paths += item_paths
         if not chunks:
             msg = f"the {self.normal_source} set is empty"
             raise DegenerateInputError(msg)
-        return np.concatenate(chunks)
+        _, (rows,) = gather_by_key(paths, torch.from_numpy(np.concatenate(chunks)))
+        return rows.numpy()
+
+    def _gather_test_rows(self) -> None:
+        """Replace this rank's test rows by those of all ranks (one per image path, in path order)."""
+        columns = (self._test_embeddings, self._gt, self._model_score, self._model_label, self._final_label)
+        self._paths, rows = gather_by_key(self._paths, *(torch.from_numpy(np.concatenate(c)) for c in columns))
+        embeddings, gt, model_score, model_label, final_label = (row.numpy() for row in rows)
+        self._test_embeddings, self._gt, self._final_label = [embeddings], [gt], [final_label]
+        self._model_score, self._model_label = [model_score], [model_label]
+        if self._fitted:  # DBSCAN assigns each image on its own: the same labels as the ranks gave
+            self._assignments = [self._detector.assign(self._projector.transform(embeddings))]
 
     def _decide(self, own: torch.Tensor | None, dbscan: torch.Tensor) -> torch.Tensor:
         """New ``pred_label`` ``(N,)`` bool from the model's ``own`` label and DBSCAN's noise flags."""

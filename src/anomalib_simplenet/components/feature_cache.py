@@ -3,7 +3,9 @@
 A frozen backbone maps the same pre-processed image to the same features every epoch; only augmentations
 change the input. With deterministic training data the features of each image are computed in the first
 epoch, kept (CPU memory or files), and served by image path in later epochs, in whatever order the sampler
-draws them. Everything random in the training step (noise, dropout) still runs every step.
+draws them. Everything random in the training step (noise, dropout) still runs every step. Under DDP each
+process caches its own shard (fixed for the fit by :class:`~.distributed.FixedShardSampler`); a shared
+``directory`` gets one sub-folder per rank, so no rank reads another's files.
 
 :func:`uncacheable_reason` tells whether training data is deterministic (anomalib 2.x: the train dataset's
 ``augmentations``, which the datamodule sets from ``train_augmentations``/``augmentations`` plus the model's
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
+
+from .distributed import rank_directory
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,12 @@ def uncacheable_reason(trainer: Any, pre_processor: Any = None) -> str | None:
 
 
 def train_set_size(trainer: Any) -> int | None:
-    """Number of training images, when the train dataloader's dataset has a length."""
-    dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+    """Number of training images this process sees: its shard under DDP, else the whole dataset."""
+    loader = getattr(trainer, "train_dataloader", None)
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        return len(sampler)
+    dataset = getattr(loader, "dataset", None)
     try:
         return len(dataset)  # type: ignore[arg-type]
     except TypeError:
@@ -231,7 +240,10 @@ class TrainingFeatureCache:
         if reason is not None:
             self._fall_back(reason)
             return
-        directory = None if self.mode in {"auto", "memory"} else (self.directory or "")
+        # Under DDP each rank caches the images of its own shard; on disk, in its own folder.
+        directory = None
+        if self.mode == "disk":
+            directory = rank_directory(self.directory) if self.directory else ""
         self.cache = FeatureCache(self.max_bytes, directory)
         self.expected_images = train_set_size(trainer)
         self.reason, self._full_reported = None, False

@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
+from anomalib_simplenet.components.distributed import DistributedDataCallback
 from anomalib_simplenet.components.guards import (
     check_checkpoint,
     check_checkpoint_file,
@@ -28,8 +29,9 @@ class PluginModuleMixin(QuantizationFixesMixin):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks plus the plugin's guards (divergence, checkpoints, resume, data)."""
-        return [*super().configure_callbacks(), *guard_callbacks()]  # type: ignore[misc]
+        """anomalib's component callbacks, the plugin's guards (divergence, checkpoints, resume, data) and, under
+        DDP, unpadded evaluation shards (see :mod:`anomalib_simplenet.components.distributed`)."""
+        return [*super().configure_callbacks(), *guard_callbacks(), DistributedDataCallback()]  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Clear error for a checkpoint of another model class or with other architecture arguments."""

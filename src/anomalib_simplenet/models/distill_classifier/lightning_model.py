@@ -17,6 +17,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from anomalib_simplenet.components.distributed import average_gradients, gather_by_key, log_global_mean
 from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
 from anomalib_simplenet.components.size_checks import check_input_size
@@ -209,6 +210,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         # Saved with the checkpoint, so load_from_checkpoint rebuilds the same head and Gaussians.
         self.hparams["categories"] = list(categories)
         self.loss_weights = self._resolve_loss_weights(multi)
+        # A head outside the objective gets no gradient, which DDP reports as unused parameters.
+        self.model.student.fc.requires_grad_(self._uses_head)
         if self.hparams.mode == "distill":
             head_classes = num_classes if self.loss_weights["soft_label"] > 0 else 0
             hparams = self.hparams
@@ -328,12 +331,24 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         if has_objective and normal.any():
             paths = [path for path, keep in zip(batch.image_path, normal.tolist(), strict=True) if keep]
             loss = self.objective(batch.image[normal], paths, train=False)["loss"]
-            self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(normal.sum()))
+            log_global_mean(self, "val_loss", loss, int(normal.sum()), prog_bar=True)  # over all ranks' images
+        elif has_objective:
+            log_global_mean(self, "val_loss", None, 0, prog_bar=True)  # under DDP every rank takes part in the sync
         return batch.update(**self.model(batch.image)._asdict())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the teacher probe's gradients over ranks: it lives outside the module DDP synchronises."""
+        del optimizer
+        if self.teacher is not None and self.teacher.head is not None:
+            average_gradients(self.teacher.head.parameters())
 
     # ------------------------------------------------------------------------------------ Gaussian fit
     def fit_gaussians(self) -> None:
-        """Fit the Gaussians and the percentile threshold on the training dataloader's (normal) images."""
+        """Fit the Gaussians and the percentile threshold on the training dataloader's (normal) images.
+
+        Under DDP each rank embeds its shard and the features of all ranks are gathered (duplicates dropped),
+        so every rank fits the same Gaussians and threshold as one process on the whole training set.
+        """
         loader = self.trainer.train_dataloader
         if loader is None:
             msg = "fit_gaussians needs the trainer's training dataloader (call it during fit)"
@@ -342,6 +357,9 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         if isinstance(pre_process, PreProcessor):
             pre_process = pre_process.transform
         features, paths = collect_features(self.model.student, loader, pre_process, self.device)
+        # Under DDP: every rank's images, once each (the sampler pads shards with repeats), in path order.
+        paths, gathered = gather_by_key(paths, *features)
+        features = type(features)(*gathered)
         categories = self.model.categories
         if len(categories) > 1:
             category_index = category_labels(paths, categories)

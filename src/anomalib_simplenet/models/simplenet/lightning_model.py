@@ -15,6 +15,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from anomalib_simplenet.components.distributed import log_global_mean
 from anomalib_simplenet.components.feature_cache import TrainingFeatureCache, cache_mode
 from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
@@ -194,12 +195,17 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
 
     def _log_val_loss(self, features: torch.Tensor) -> None:
         """Truncated L1 loss on normal features ``(n, D, h, w)`` (eval mode: BatchNorm running statistics)."""
-        if len(features) == 0:
-            return
-        if getattr(self, "_val_noise", None) is None:
-            self._val_noise = torch.Generator(device=features.device).manual_seed(VAL_NOISE_SEED)
-        loss = self.loss(*self.model.discriminate(features, generator=self._val_noise))
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(features))
+        loss = None
+        if len(features) > 0:
+            if getattr(self, "_val_noise", None) is None:
+                self._val_noise = torch.Generator(device=features.device).manual_seed(VAL_NOISE_SEED)
+            loss = self.loss(*self.model.discriminate(features, generator=self._val_noise))
+        log_global_mean(self, "val_loss", loss, len(features), prog_bar=True)  # over all ranks' normal images
+
+    @property
+    def fixed_train_shards(self) -> bool:
+        """Under DDP, keep each rank's training images for the whole fit, so its feature cache fills once."""
+        return self.training_features.mode != "off"
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from anomalib_simplenet.components.distributed import all_reduce_sum, batch_keys, gather_by_key
 from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, resize_pre_processor
 from anomalib_simplenet.components.size_checks import check_input_size
@@ -183,7 +184,7 @@ class UNetAE(PluginModuleMixin, AnomalibModule):
         transform = getattr(self.pre_processor, "transform", None)
         was_training = self.model.training
         self.model.eval()
-        embeddings, map_scores = [], []
+        embeddings, map_scores, keys = [], [], []
         for batch in batches:
             images = batch.image.to(self.device)
             images = transform(images) if transform is not None else images
@@ -191,7 +192,10 @@ class UNetAE(PluginModuleMixin, AnomalibModule):
             anomaly_map = self.model.anomaly_map_generator(images, reconstruction)
             embeddings.append(embedding)
             map_scores.append(image_score(anomaly_map, self.model.score_mode, self.model.top_k))
-        self.model.fit_embedding_distribution(torch.cat(embeddings), torch.cat(map_scores))
+            keys += batch_keys(batch.image_path, len(images), len(keys))
+        # Under DDP: every rank's images, once each (the sampler pads shards with repeats), in path order.
+        _, (embeddings, map_scores) = gather_by_key(keys, torch.cat(embeddings), torch.cat(map_scores))
+        self.model.fit_embedding_distribution(embeddings, map_scores)
         self.model.train(was_training)
         self._trained_since_fit = False
 
@@ -215,7 +219,8 @@ class UNetAE(PluginModuleMixin, AnomalibModule):
         Validation images are a split disjoint from the test set. Only when the split holds no normal image at
         all does the loss fall back to all validation images (with a warning), so that the monitor always exists.
         """
-        normal_sum, normal_count, all_sum, all_count = self._val_loss_sums.tolist()
+        (sums,) = all_reduce_sum(self._val_loss_sums.to(self.device))  # evaluation shards are disjoint
+        normal_sum, normal_count, all_sum, all_count = sums.tolist()
         if normal_count == 0 and all_count == 0:
             return
         if normal_count == 0:

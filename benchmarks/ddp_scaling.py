@@ -1,0 +1,154 @@
+"""Training in 1 and 2 processes (Lightning DDP, CPU, gloo): seconds per epoch, peak memory per process, and
+the test metrics of each; prints a Markdown table and writes ``ddp_scaling.json``.
+
+    nice -n 10 python benchmarks/ddp_scaling.py --data-root ../shared/data --category magnetic_tile \\
+        --train 120 --test-good 30 --test-defects 6 --image-size 128 --epochs 3 --out results/ddp_scaling
+
+Each model trains on the same images with the same global batch: one process with ``--batch`` images per step,
+two processes with ``--batch / 2`` each (DDP averages their gradients), so both take the same number of
+optimiser steps. Weights: SimpleNet on ``efficientnet_lite0`` with its packaged ImageNet weights; DistillClassifier
+in ``scratch`` mode and UNetAE from random initialisation (no teacher weights offline). The test folder is
+subsampled (``--test-good``, ``--test-defects`` per type); half of it validates (``val_split_mode=from_test``),
+the other half is where the metrics come from. ``--seed 1 --procs 1`` gives the one-process run-to-run spread
+against which the 1-vs-2-process differences can be read.
+
+Seconds per epoch is the training-loop time of an epoch (validation excluded), as rank 0 measures it; the first
+epoch and the mean of the later ones are reported apart (SimpleNet's feature cache serves the later ones). Peak
+memory is each process's peak resident set size. Every process runs ``--threads`` intra-op threads: on a
+machine with fewer free cores than processes × threads the 2-process figures measure contention, not scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = {
+    "SimpleNet": {"backbone": "efficientnet_lite0", "layers": ["blocks.2", "blocks.4"], "pre_trained": True},
+    "DistillClassifier": {"mode": "scratch", "pre_trained": False},
+    "UNetAE": {},
+}
+
+
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--category", default="magnetic_tile")
+    parser.add_argument("--train", type=int, default=120, help="evenly spaced train/good images")
+    parser.add_argument("--test-good", type=int, default=30)
+    parser.add_argument("--test-defects", type=int, default=6, help="images per defect type")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16, help="global training batch (per process: batch / procs)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--procs", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything (another seed: the run-to-run spread)")
+    parser.add_argument("--out", type=Path, default=Path("results/ddp_scaling"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # model name: run one fit/test (re-launched by DDP)
+    parser.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One fit + test of ``args.worker`` on ``args.devices`` CPU processes; each rank writes its figures."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import Callback, seed_everything
+
+    import anomalib_simplenet
+
+    class EpochTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            self.seconds.append(time.perf_counter() - self._start)
+
+    seed_everything(args.seed)
+    model = getattr(anomalib_simplenet, args.worker)(**MODELS[args.worker], image_size=args.image_size)
+    datamodule = MVTecAD(root=args.root, category=args.category, train_batch_size=args.batch // args.devices,
+                         eval_batch_size=16, num_workers=0, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
+    timer = EpochTimer()
+    run = args.out / f"{args.worker}_{args.devices}_seed{args.seed}"
+    engine = Engine(max_epochs=args.epochs, default_root_dir=run, accelerator="cpu", devices=args.devices,
+                    strategy="ddp" if args.devices > 1 else "auto", logger=False, enable_progress_bar=False,
+                    callbacks=[timer])
+    start = time.perf_counter()
+    engine.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    metrics = engine.test(model, datamodule=datamodule)[0]
+    rank = engine.trainer.global_rank
+    weights = getattr(model.model, "feature_extractor", None)
+    record = {
+        "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank, "epoch_seconds": timer.seconds,
+        "fit_seconds": fit_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "weights": getattr(weights, "weights_source", "random initialisation"),
+    }
+    (run / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+def _table(records: list[dict]) -> str:
+    lines = ["| model | processes | seed | s/epoch (1st) | s/epoch (later) | peak RSS per process (MB) | image AUROC | "
+             "pixel AUROC | fit s |", "|---|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        seconds = record["epoch_seconds"]
+        later = sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else float("nan")
+        metrics = record["metrics"]
+        lines.append(
+            f"| {record['model']} | {record['procs']} | {record['seed']} | {seconds[0]:.1f} | {later:.1f} | "
+            f"{' / '.join(f'{mb:.0f}' for mb in record['peak_rss_mb'])} | "
+            f"{metrics.get('image_AUROC', float('nan')):.3f} | {metrics.get('pixel_AUROC', float('nan')):.3f} | "
+            f"{record['fit_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _arguments()
+    if args.worker:
+        worker(args)
+        return
+    from anomalib_simplenet.data.subset import make_subset
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    root = make_subset(args.data_root / args.category, args.out / "data" / args.category, train=args.train,
+                       test_good=args.test_good, test_defects=args.test_defects)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    records = []
+    for model in args.models:
+        for procs in args.procs:
+            command = [sys.executable, __file__, "--worker", model, "--devices", str(procs), "--root", str(root),
+                       "--category", args.category, "--image-size", str(args.image_size), "--epochs",
+                       str(args.epochs), "--batch", str(args.batch), "--threads", str(args.threads),
+                       "--seed", str(args.seed), "--out", str(args.out)]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env=env)
+            run = args.out / f"{model}_{procs}_seed{args.seed}"
+            ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in range(procs)]
+            record = {**ranks[0], "peak_rss_mb": [rank["peak_rss_mb"] for rank in ranks],
+                      "wall_seconds": time.perf_counter() - start}
+            records.append(record)
+            print(f"{model} × {procs}: {record['wall_seconds']:.0f} s, weights: {record['weights']}", flush=True)
+    table = _table(records)
+    print(f"\n{args.category}: {args.train} train images, {args.image_size} px, {args.epochs} epochs, global batch "
+          f"{args.batch}, {args.threads} thread(s) per process\n\n{table}")
+    (args.out / f"ddp_scaling_seed{args.seed}.json").write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()
