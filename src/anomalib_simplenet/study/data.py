@@ -48,8 +48,8 @@ def prepare_categories(
             per_folder = max(2, (max_test or 30) // 3)
             make_synthetic_mvtec(target, category=category, image_size=synthetic_size, n_train=n_train,
                                  n_test_good=per_folder, n_test_defect=per_folder, seed=index)
-            notes.append(f"{category}: generated synthetic data ({n_train} train, {per_folder} per test folder); "
-                         ("no --data-root" if origin is None else f"no folder {origin}"))
+            why = "no --data-root" if origin is None else f"no folder {origin}"
+            notes.append(f"{category}: generated synthetic data ({n_train} train, {per_folder} per test folder); {why}")
     return target, notes
 
 
