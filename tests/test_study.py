@@ -14,7 +14,7 @@ import torch
 from anomalib_simplenet.study import cli
 from anomalib_simplenet.study.evaluation import Predictions, at_threshold, evaluate, percentile_threshold
 from anomalib_simplenet.study.report import fmt
-from anomalib_simplenet.study.settings import Setting, load_settings, resolve_init_args
+from anomalib_simplenet.study.settings import Setting, load_settings, model_class, resolve_init_args
 from anomalib_simplenet.study.teacher_reference import TeacherMahalanobisModel
 from anomalib_simplenet.study.training import overfitting_note
 
@@ -158,6 +158,9 @@ def test_settings_pass_the_teacher_and_refuse_what_the_student_cannot_take(tmp_p
     settings = load_settings(REPO_ROOT / "configs" / "study")
     kinds = [s.kind for s in settings]
     assert all(kinds.count(k) >= 3 for k in ("teacher", "scratch", "distill", "unet_ae"))
+    for setting in settings:  # every setting builds its model (random weights: construction only)
+        model = model_class(setting.kind)(**resolve_init_args(setting, 64, "resnet18", False, None))
+        assert model.input_size == (64, 64)
     teacher = next(s for s in settings if s.kind == "teacher")
     args = resolve_init_args(teacher, 96, "efficientnet_lite0", pre_trained=True)
     assert args["backbone"] == "efficientnet_lite0" and args["image_size"] == 96 and args["pre_trained"]

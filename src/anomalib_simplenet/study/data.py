@@ -69,16 +69,9 @@ def category_datamodule(
 class LocalMultiCategory(MultiCategoryMVTec):
     """:class:`MultiCategoryMVTec` over local folders (any image format; categories without masks allowed)."""
 
-    def _setup(self, _stage: str | None = None) -> None:
-        def concatenated(split: Split) -> MVTecADDataset:
-            datasets = [LocalDataset(self.root, category, split) for category in self.categories]
-            combined = datasets[0]
-            for dataset in datasets[1:]:
-                combined = combined + dataset
-            return combined
-
-        self.train_data = concatenated(Split.TRAIN)
-        self.test_data = concatenated(Split.TEST)
+    def category_dataset(self, category: str, split: Split) -> MVTecADDataset:
+        """The category's split read by :class:`LocalDataset`."""
+        return LocalDataset(self.root, category, split)
 
 
 def union_datamodule(

@@ -40,6 +40,14 @@ def _torch_record(results: Mapping[str, Any], kind: str) -> tuple[dict[str, Any]
     return (entry["records"][0], entry["parameters"]) if entry else None
 
 
+def _auroc(row: Mapping[str, Any] | None) -> str:
+    return fmt(row["image_auroc"]) if row else "not run"
+
+
+def _latency(record: Mapping[str, Any]) -> str:
+    return f"{fmt(record['latency_ms_median'], '.2f')} / {fmt(record['latency_ms_p95'], '.2f')}"
+
+
 def _check(name: str, target: str, value: float | None, met: bool | None, detail: str) -> dict[str, Any]:
     return {"check": name, "target": target, "value": value, "met": met, "detail": detail}
 
@@ -49,9 +57,9 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     checks = []
     teacher, distill, scratch = (_row(results, k) for k in ("teacher", "distill", "scratch"))
     gap = 100 * (distill["image_auroc"] - teacher["image_auroc"]) if teacher and distill else None
+    detail = f"distilled {_auroc(distill)}, teacher {_auroc(teacher)}"
     checks.append(_check("distilled student vs teacher-feature reference (image AUROC, points)",
-                         "≥ −2", gap, None if gap is None else gap >= TARGETS["accuracy_gap_pts"],
-                         f"distilled {fmt(distill and distill['image_auroc'])}, teacher {fmt(teacher and teacher['image_auroc'])}"))
+                         "≥ −2", gap, None if gap is None else gap >= TARGETS["accuracy_gap_pts"], detail))
     costs = {k: _torch_record(results, k) for k in ("teacher", "distill")}
     if all(costs.values()):
         (t_rec, t_par), (d_rec, d_par) = costs["teacher"], costs["distill"]
@@ -71,7 +79,7 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         checks.append(_check(f"distilled − scratch, image AUROC points ({label})", "≥ +3", gain,
                              None if gain is None else gain >= TARGETS["distill_gain_pts"],
-                             f"distilled {fmt(d and d['image_auroc'])}, scratch {fmt(s and s['image_auroc'])}"))
+                             f"distilled {_auroc(d)}, scratch {_auroc(s)}"))
     quantized = next((c for c in results["cost"] if c["quantized"]), None)
     ptq = next((r for r in quantized["records"] if r["variant"].endswith("INT8_PTQ")), None) if quantized else None
     if ptq and ptq["speedup_throughput"] is not None:
@@ -95,7 +103,7 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +132,7 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
               _table(["model", "parameters", "size MB", "latency ms median / p95", "throughput img/s",
                       "image AUROC (exported)"],
                      [[c["label"], f"{c['parameters']:,}", fmt(c["records"][0]["size_mb"], ".2f"),
-                       f"{fmt(c['records'][0]['latency_ms_median'], '.2f')} / {fmt(c['records'][0]['latency_ms_p95'], '.2f')}",
+                       _latency(c["records"][0]),
                        fmt(c["records"][0]["throughput_ips"], ".1f"), fmt(c["records"][0]["image_auroc"])]
                       for c in results["cost"]])]
     quantized = [c for c in results["cost"] if c["quantized"]]
@@ -133,9 +141,10 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
                   _table(["model", "variant", "status", "size MB", "latency ms median / p95", "throughput img/s (×)",
                           "parameters", "image AUROC (Δ pts)"],
                          [[c["label"], r["variant"], r["status"], fmt(r["size_mb"], ".2f"),
-                           f"{fmt(r['latency_ms_median'], '.2f')} / {fmt(r['latency_ms_p95'], '.2f')}",
+                           _latency(r),
                            f"{fmt(r['throughput_ips'], '.1f')} ({fmt(r['speedup_throughput'], '.2f')}×)",
-                           f"{c['parameters']:,}", f"{fmt(r['image_auroc'])} ({fmt(r['image_auroc_delta_pts'], '+.2f')})"]
+                           f"{c['parameters']:,}",
+                           f"{fmt(r['image_auroc'])} ({fmt(r['image_auroc_delta_pts'], '+.2f')})"]
                           for c in quantized for r in c["records"]])]
     dbscan = results["dbscan"]
     if dbscan:

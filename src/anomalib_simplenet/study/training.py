@@ -90,7 +90,7 @@ def overfitting_note(history: list[dict[str, float]], best_epoch: int | None) ->
     if len(rows) < 2:
         return f"one epoch only: no trend to read{kept}"
     if best is last:
-        return f"validation loss still falling at the last epoch {int(last['epoch'])}: under-trained, not over-fitted{kept}"
+        return f"validation loss still falling at the last epoch {int(last['epoch'])}: not over-fitted{kept}"
     if rise > OVERFIT_RISE and train_falls:
         return (f"over-fits after epoch {int(best['epoch'])}: validation loss +{100 * rise:.0f}% by epoch "
                 f"{int(last['epoch'])} while training loss kept falling{kept}")
