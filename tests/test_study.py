@@ -176,3 +176,16 @@ def test_settings_pass_the_teacher_and_refuse_what_the_student_cannot_take(tmp_p
     (tmp_path / "bad.yaml").write_text("kind: nonsense\nname: x\n")
     with pytest.raises(ValueError, match="bad.yaml"):
         load_settings(tmp_path)
+
+
+def test_outcome_says_not_measured_when_a_model_is_missing() -> None:
+    from anomalib_simplenet.study.report import hypothesis_checks
+
+    teacher = {"category": "c", "scope": "c", "kind": "teacher", "image_auroc": 0.9}
+    scratch = {**teacher, "kind": "scratch", "image_auroc": 0.7}
+    results = {"main_category": "c", "main": [teacher, scratch], "cost": [], "dbscan": {}}
+    checks = {c["check"]: c for c in hypothesis_checks(results)}
+    gap = checks["distilled student vs teacher-feature reference (image AUROC, points)"]
+    assert gap["met"] is None and gap["value"] is None and "not run" in gap["detail"]
+    assert checks["CPU latency ratio teacher / distilled (torch FP32, batch 1, median)"]["met"] is None
+    assert checks["INT8_PTQ of the best model"]["met"] is None
