@@ -152,6 +152,10 @@ def test_overfitting_note_reads_the_curves() -> None:
     assert overfitting_note(rising, 2).startswith("over-fits after epoch 2")
     falling = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e} for e in range(1, 4)]
     assert overfitting_note(falling, 3).startswith("validation loss still falling")
+    jumpy = [{"epoch": e, "train_loss": t, "val_loss": v} for e, t, v in ((1, 2.0, 1.7), (2, 1.5, 1.6), (3, 1.6, 3.0))]
+    assert "unstable training" in overfitting_note(jumpy, 2)
+    flat = [{"epoch": e, "train_loss": 1 / e, "val_loss": v} for e, v in ((1, 1.0), (2, 0.5), (3, 0.52))]
+    assert "converged" in overfitting_note(flat, 2)
 
 
 def test_settings_pass_the_teacher_and_refuse_what_the_student_cannot_take(tmp_path: Path) -> None:

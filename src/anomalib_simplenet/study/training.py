@@ -67,11 +67,9 @@ class EpochPrinter(Callback):
         if teacher is not None:
             self.teacher_weights = weights_source(getattr(teacher, "backbone", teacher))
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Print after the epoch's validation loss is known."""
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Print the epoch's losses (Lightning validates before this hook, so both are known)."""
         del pl_module
-        if trainer.sanity_checking:
-            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
         text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {text}", flush=True)
@@ -91,11 +89,14 @@ def overfitting_note(history: list[dict[str, float]], best_epoch: int | None) ->
         return f"one epoch only: no trend to read{kept}"
     if best is last:
         return f"validation loss still falling at the last epoch {int(last['epoch'])}: not over-fitted{kept}"
-    if rise > OVERFIT_RISE and train_falls:
+    if rise <= OVERFIT_RISE:
+        return (f"validation loss flat after epoch {int(best['epoch'])} (+{100 * rise:.0f}% at the end): "
+                f"converged, no clear over-fitting{kept}")
+    if train_falls:
         return (f"over-fits after epoch {int(best['epoch'])}: validation loss +{100 * rise:.0f}% by epoch "
                 f"{int(last['epoch'])} while training loss kept falling{kept}")
-    return (f"validation loss flat after epoch {int(best['epoch'])} (+{100 * rise:.0f}% at the end): "
-            f"converged, no clear over-fitting{kept}")
+    return (f"validation loss +{100 * rise:.0f}% after epoch {int(best['epoch'])} while training loss did not fall "
+            f"either: unstable training (learning rate?), not over-fitting{kept}")
 
 
 def fit_setting(
