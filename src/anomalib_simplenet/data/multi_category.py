@@ -34,9 +34,13 @@ class MultiCategoryMVTec(MVTecAD):
             msg = f"categories {missing} not found under {self.root}"
             raise FileNotFoundError(msg)
 
+    def category_dataset(self, category: str, split: Split) -> MVTecADDataset:
+        """One category's split (a subclass may read the folders differently)."""
+        return MVTecADDataset(split=split, root=self.root, category=category)
+
     def _setup(self, _stage: str | None = None) -> None:
         def concatenated(split: Split) -> MVTecADDataset:
-            datasets = [MVTecADDataset(split=split, root=self.root, category=c) for c in self.categories]
+            datasets = [self.category_dataset(c, split) for c in self.categories]
             combined = datasets[0]
             for dataset in datasets[1:]:
                 combined = combined + dataset

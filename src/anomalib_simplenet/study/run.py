@@ -1,0 +1,217 @@
+"""The study, step by step: data → every setting fitted per category (and on all categories) → chosen settings →
+metrics and ROC curves → cost and quantization → DBSCAN → report. Everything lands in one run folder."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import figures
+from .clusters import run_dbscan
+from .cost import measure_model
+from .data import category_datamodule, prepare_categories, union_datamodule
+from .evaluation import evaluate, predict, roc_points
+from .report import hypothesis_checks, write_report
+from .settings import KINDS, Setting, load_settings, resolve_init_args
+from .training import FitResult, fit_setting, overfitting_note
+
+ALL = "all"  # scope of the models trained on all categories at once
+
+
+@dataclass
+class StudyConfig:
+    """Everything a study run needs (the command line's options)."""
+
+    output: Path
+    categories: Sequence[str] = ("magnetic_tile",)
+    data_root: Path | None = None
+    settings_dir: Path = Path("configs/study")
+    kinds: Sequence[str] = KINDS
+    per_kind: int | None = None
+    teacher: str = "efficientnet_lite0"
+    random_teacher: bool = False
+    image_size: int = 256
+    max_train: int | None = None
+    max_test: int | None = None
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 16
+    percentile: float = 95.0
+    quantize_top: int = 3
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    throughput_seconds: float = 3.0
+    dbscan_min_samples: int = 5
+    all_categories: bool = True
+    seed: int = 42
+    command: str = ""
+
+
+def _step(message: str) -> None:
+    print(f"==> [study] {message}", flush=True)
+
+
+@dataclass
+class Candidate:
+    """A fitted setting, its metrics per category and (while it may still be chosen) the model itself."""
+
+    fit: FitResult
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    roc: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+
+    @property
+    def selection_score(self) -> float:
+        """Mean validation image AUROC over the categories it was evaluated on (NaN-safe: -inf when none)."""
+        values = [m["val_image_auroc"] for m in self.metrics.values() if math.isfinite(m["val_image_auroc"])]
+        return sum(values) / len(values) if values else -math.inf
+
+
+def _evaluate(candidate: Candidate, datamodules: dict[str, Any], percentile: float) -> None:
+    model = candidate.fit.model
+    for category, datamodule in datamodules.items():
+        validation = predict(model, datamodule.val_dataloader())
+        test = predict(model, datamodule.test_dataloader())
+        candidate.metrics[category] = evaluate(validation, test, percentile)
+        fpr, tpr = roc_points(test)
+        candidate.roc[category] = (fpr.tolist(), tpr.tolist())
+
+
+def _fit_scope(
+    config: StudyConfig, settings: list[Setting], scope: str, datamodule: Any, evaluated_on: dict[str, Any],
+    root: Path, categories: Sequence[str] | None,
+) -> tuple[list[Candidate], dict[str, Candidate]]:
+    """Fit every setting in one scope; keep only the best model of each kind (by validation image AUROC)."""
+    candidates: list[Candidate] = []
+    best: dict[str, Candidate] = {}
+    for index, setting in enumerate(settings, 1):
+        _step(f"{scope}: setting {index}/{len(settings)} {setting.label}")
+        run_dir = root / "runs" / scope / setting.kind / setting.name
+        try:
+            init_args = resolve_init_args(setting, config.image_size, config.teacher, not config.random_teacher,
+                                          categories)
+        except ValueError as error:
+            fit = FitResult(setting, scope, run_dir, status="failed", error=str(error))
+            print(f"[study] {scope} {setting.label} FAILED: {error}", flush=True)
+            candidates.append(Candidate(fit))
+            continue
+        fit = fit_setting(setting, init_args, scope, datamodule, run_dir, config.max_epochs, config.patience,
+                          config.seed)
+        candidate = Candidate(fit)
+        candidates.append(candidate)
+        if fit.status == "ok":
+            _evaluate(candidate, evaluated_on, config.percentile)
+            shown = ", ".join(f"{c} val {m['val_image_auroc']:.3f} test {m['image_auroc']:.3f}"
+                              for c, m in candidate.metrics.items())
+            print(f"[study] {scope} {setting.label}: image AUROC {shown}", flush=True)
+            incumbent = best.get(setting.kind)
+            if incumbent is None or candidate.selection_score > incumbent.selection_score:
+                if incumbent is not None:
+                    incumbent.fit.model = None
+                best[setting.kind] = candidate
+            else:
+                fit.model = None
+        gc.collect()
+    return candidates, best
+
+
+def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
+    fit = candidate.fit
+    return {
+        "kind": fit.setting.kind, "setting": fit.setting.name, "scope": fit.scope, "status": fit.status,
+        "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
+        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "weights": fit.weights, "chosen": chosen,
+        "selection_val_image_auroc": candidate.selection_score if candidate.metrics else math.nan,
+        "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
+        "init_args": {k: v for k, v in fit.init_args.items() if k != "categories"},
+        "history": fit.history, "run_dir": str(fit.run_dir), "metrics": candidate.metrics,
+    }
+
+
+def run_study(config: StudyConfig) -> dict[str, Any]:
+    """Run the whole study; write ``report.md``, ``report.html``, ``results.json`` and figures to ``output``."""
+    started = time.time()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    _step(f"data: {', '.join(config.categories)}")
+    root, data_notes = prepare_categories(config.data_root, config.categories, out / "data", config.max_train,
+                                          config.max_test)
+    settings = load_settings(Path(config.settings_dir), config.kinds, config.per_kind)
+    size = (config.image_size, config.image_size)
+    datamodules = {c: category_datamodule(root, c, size, config.batch_size, config.seed) for c in config.categories}
+    for datamodule in datamodules.values():
+        datamodule.setup()
+
+    candidates: list[Candidate] = []
+    chosen: dict[str, dict[str, Candidate]] = {}
+    for category, datamodule in datamodules.items():
+        found, best = _fit_scope(config, settings, category, datamodule, {category: datamodule}, out, None)
+        candidates += found
+        chosen[category] = best
+    classifier_settings = [s for s in settings if s.kind in ("scratch", "distill")]
+    if config.all_categories and len(config.categories) > 1 and classifier_settings:
+        union = union_datamodule(root, config.categories, size, config.batch_size, config.seed)
+        found, best = _fit_scope(config, classifier_settings, ALL, union, datamodules, out, config.categories)
+        candidates += found
+        chosen[ALL] = best
+
+    chosen_ids = {id(c) for best in chosen.values() for c in best.values()}
+    runs = [_run_record(c, id(c) in chosen_ids) for c in candidates]
+    main = [
+        {"category": category, "scope": scope, "kind": kind, "setting": c.fit.setting.name, **c.metrics[category]}
+        for scope, best in chosen.items() for kind, c in best.items() for category in c.metrics
+    ]
+    _step("figures: ROC curves, loss curves, reconstructions")
+    figure_files = figures.write_all(out / "figures", chosen, candidates, datamodules)
+
+    main_category = config.categories[0]
+    on_main = sorted(chosen.get(main_category, {}).values(), key=lambda c: c.selection_score, reverse=True)
+    cost: list[dict[str, Any]] = []
+    for rank, candidate in enumerate(on_main):
+        label = candidate.fit.setting.label
+        quantize = rank < config.quantize_top
+        _step(f"cost of {label} on {main_category}" + (" (with OpenVINO variants)" if quantize else ""))
+        result = measure_model(label, candidate.fit.model, datamodules[main_category],
+                               out / "exports" / candidate.fit.setting.kind, quantize, config.threads,
+                               config.throughput_seconds)
+        cost.append({"label": label, "kind": candidate.fit.setting.kind, "parameters": result.parameters,
+                     "quantized": quantize, "records": result.records})
+        if quantize:
+            figure_files[f"quantization {label}"] = figures.quantization_figure(
+                result.records, out / "figures" / f"quantization_{candidate.fit.setting.kind}.png", label)
+
+    dbscan: dict[str, Any] = {}
+    if on_main:
+        best = on_main[0]
+        _step(f"DBSCAN on the embeddings of {best.fit.setting.label} ({main_category})")
+        try:
+            dbscan = {"model": best.fit.setting.label, "category": main_category,
+                      **run_dbscan(best.fit.model, datamodules[main_category], out / "dbscan",
+                                   config.dbscan_min_samples, config.seed)}
+        except Exception as error:  # noqa: BLE001 - the report says it failed
+            dbscan = {"model": best.fit.setting.label, "category": main_category, "error": repr(error)}
+
+    context = {
+        "command": config.command, "categories": list(config.categories), "data": data_notes,
+        "teacher": config.teacher + (" (RANDOM weights: plumbing only)" if config.random_teacher else ""),
+        "weights": sorted({r["weights"] for r in runs if r["weights"]}),
+        "image_size": config.image_size, "max_epochs": config.max_epochs, "patience": config.patience,
+        "percentile": config.percentile, "threads": config.threads, "seed": config.seed,
+        "config": {k: str(v) for k, v in asdict(config).items()},
+    }
+    results = {"context": context, "runs": runs, "main": main, "cost": cost, "dbscan": dbscan,
+               "main_category": main_category}
+    results["hypothesis"] = hypothesis_checks(results)
+    context["wall_time_s"] = round(time.time() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths = write_report(results, figure_files, out)
+    _step(f"report: {', '.join(str(p) for p in paths)} (wall time {context['wall_time_s']:.0f} s)")
+    return results
