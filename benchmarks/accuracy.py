@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder holding the category")
     parser.add_argument("--output", type=Path, default=None, help="default: results/accuracy_<category>")
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="packaged", help="packaged | random | path to a state-dict file")
+    parser.add_argument("--weights", default="packaged", help="packaged | random | FILE (a state dict)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="SimpleNet epochs (default: the benchmark default)")
@@ -103,13 +103,11 @@ def build(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], e
     from anomalib.models import Glass, Padim, Patchcore, Supersimplenet
 
     from anomalib_simplenet import SimpleNet
-    from anomalib_simplenet.components.backbone import layer_channels
+    from anomalib_simplenet.components.backbone import layer_channels, weights_arguments
 
     common = {"pre_processor": pre_processor(args.image_size), "evaluator": evaluator(args.aupro), "visualizer": False}
     if name == "simplenet":
-        weights = {"pre_trained": True} if args.weights == "packaged" else {"pre_trained": False}
-        if args.weights not in {"packaged", "random"}:
-            weights["backbone_weights"] = args.weights
+        weights = weights_arguments(args.weights)
         if args.weights == "random":  # the seeded state every peer gets
             path = args.output / "random_backbone.pth"
             torch.save(state, path)
@@ -192,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
               f"torch threads {torch.get_num_threads()}")
     print(header, flush=True)
     results: dict[str, dict[str, Any]] = {}
+    previous = args.output / "accuracy.json"
+    if previous.is_file():  # rows of models not run now come from the last run with the same settings
+        earlier = json.loads(previous.read_text())
+        if earlier.get("header", "").split(", SimpleNet")[0] == header.split(", SimpleNet")[0]:
+            results = {k: v for k, v in earlier["results"].items() if k not in args.models}
     for name in args.models:
         data = MVTecAD(root=root, category=args.category, train_batch_size=args.batch, eval_batch_size=16,
                        num_workers=args.num_workers, val_split_mode="from_test", val_split_ratio=0.5, seed=args.seed)
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             results[name] = {"error": f"{type(error).__name__}: {error}"}
         print(json.dumps({name: results[name]}), flush=True)
         (args.output / "accuracy.json").write_text(json.dumps({"header": header, "results": results}, indent=1))
+    results = {name: results[name] for name in MODELS if name in results}
     table = markdown(results, header)
     (args.output / "accuracy.md").write_text(table + "\n")
     print(table)

@@ -22,6 +22,9 @@ OVERLAYS = {
     "simplenet_noise0.015": ("simplenet", {"noise_std": 0.015}),
     "simplenet_noise0.03": ("simplenet", {"noise_std": 0.03}),
     "simplenet_adapter2": ("simplenet", {"adapter_layers": 2}),
+    "simplenet_official": ("simplenet", {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"],
+                                         "pretrain_embed_dim": 1536, "target_embed_dim": 1536, "noise_std": 0.015,
+                                         "image_size": 288}),
     "distill_classifier_scratch": (
         "distill_classifier", {"mode": "scratch", "pre_trained": False, "classification_weight": None},
     ),
@@ -103,7 +106,7 @@ def test_overlay_sets_valid_hyper_parameters(overlay: str) -> None:
 
     base, expected = OVERLAYS[overlay]
     init_args = yaml.safe_load(Path(_path(overlay)).read_text())["model"]["init_args"]
-    assert init_args == pytest.approx(expected)
+    assert init_args == expected  # YAML numbers parse exactly
     model = getattr(anomalib_simplenet, BASES[base])
     assert set(init_args) <= set(inspect.signature(model.__init__).parameters)
 
@@ -114,7 +117,7 @@ def test_overlays_parse_on_their_base(parser: ArgumentParser, base: str) -> None
     overlays = sorted(name for name, (of, _) in OVERLAYS.items() if of == base)
     config = _parse(parser, "train", *_config_args(base, *overlays))
     assert config.model.class_path.endswith(BASES[base])
-    assert {k: config.model.init_args[k] for k in OVERLAYS[overlays[-1]][1]} == pytest.approx(OVERLAYS[overlays[-1]][1])
+    assert {k: config.model.init_args[k] for k in OVERLAYS[overlays[-1]][1]} == OVERLAYS[overlays[-1]][1]
     assert [c.init_args.monitor for c in config.trainer.callbacks[:2]] == ["val_loss", "val_loss"]
 
 

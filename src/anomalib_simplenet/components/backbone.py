@@ -254,6 +254,22 @@ def create_network(
     return _with_source(timm.create_model(backbone, pretrained=True, **kwargs), "ImageNet (timm hub, downloaded)")
 
 
+WEIGHTS_CHOICES = "packaged | random | FILE"
+
+
+def weights_arguments(choice: str) -> dict[str, object]:
+    """Model arguments for a ``--weights packaged|random|FILE`` command-line option.
+
+    ``packaged``: ImageNet weights (hub cache, installed package, then hub), ``random``: random initialisation,
+    anything else: a local state-dict file.
+    """
+    if choice == "packaged":
+        return {"pre_trained": True, "backbone_weights": None}
+    if choice == "random":
+        return {"pre_trained": False, "backbone_weights": None}
+    return {"pre_trained": False, "backbone_weights": str(_check_weights_file(choice))}
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Put ``module`` in eval mode and stop its gradients (BatchNorm statistics stay fixed too)."""
     module.eval()
