@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_tools import injected_timm_weights
@@ -141,8 +142,9 @@ def fit_and_test(name: str, model: Any, data: Any, args: argparse.Namespace, epo
     from lightning.pytorch import seed_everything
 
     seed_everything(args.seed, workers=True)
+    history = _ValLoss()
     engine = Engine(max_epochs=epochs, default_root_dir=args.output / "runs" / name, accelerator="cpu", devices=1,
-                    logger=False, enable_progress_bar=False)
+                    logger=False, enable_progress_bar=False, callbacks=[history])
     start = time.perf_counter()
     engine.fit(model, datamodule=data)
     fit_seconds = time.perf_counter() - start
@@ -152,7 +154,22 @@ def fit_and_test(name: str, model: Any, data: Any, args: argparse.Namespace, epo
     result = {key: float(metrics[key]) for key in METRICS if key in metrics}
     result.update(fit_s=fit_seconds, test_images_per_s=len(data.test_data) / test_seconds,
                   epochs=engine.trainer.current_epoch)
+    if history.rows:
+        result["per_epoch"] = history.rows
     return result
+
+
+class _ValLoss(Callback):
+    """Per epoch: val_loss and training p_normal / p_noised, where the model logs them (SimpleNet)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        keys = ("val_loss", "train_loss_epoch", "p_normal_epoch", "p_noised_epoch")
+        row = {key: round(float(trainer.callback_metrics[key]), 4) for key in keys if key in trainer.callback_metrics}
+        if "val_loss" in row:
+            self.rows.append(row)
 
 
 def markdown(results: dict[str, dict[str, Any]], header: str) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from anomalib_simplenet.components.feature_cache import TrainingFeatureCache
 from anomalib_simplenet.components.feature_scale import FeatureMoments
+from anomalib_simplenet.components.rng_state import capture_rng_state, restore_rng_state
 
 from .torch_model import AnomalyFeatureGenerator
 
@@ -28,13 +29,18 @@ def measure_feature_scale(
     transform = getattr(pre_processor, "transform", None)
     limit = None if features.active else UNCACHED_SCALE_IMAGES
     moments = FeatureMoments()
-    for batch in trainer.train_dataloader:
-        images = batch.image.to(device)
-        if transform is not None:
-            images = transform(images)
-        moments.update(features(images, batch.image_path))
-        if limit is not None and moments.images >= limit:
-            break
+    # The pass draws a shuffle order: it must not shift the random stream training (or a resumed run) sees.
+    rng_state = capture_rng_state()
+    try:
+        for batch in trainer.train_dataloader:
+            images = batch.image.to(device)
+            if transform is not None:
+                images = transform(images)
+            moments.update(features(images, batch.image_path))
+            if limit is not None and moments.images >= limit:
+                break
+    finally:
+        restore_rng_state(rng_state)
     # A distributed run would all-reduce moments.sums/squares/count here, before scale_from_moments.
     return moments.scale(), moments.images
 
