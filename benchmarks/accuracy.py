@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="training batch size (evaluation: 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--merge", nargs="*", type=Path, default=None,
+                        help="only write the table of the accuracy.json files in these output folders (runs split "
+                             "over processes); the first header is used, the others are printed")
     return parser.parse_args(argv)
 
 
@@ -186,6 +189,21 @@ def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
     return "\n".join(lines)
 
 
+def merge(folders: list[Path], output: Path) -> dict[str, dict[str, Any]]:
+    """One table from the results of several runs (e.g. SimpleNet and the peers in two processes)."""
+    runs = [json.loads((folder / "accuracy.json").read_text()) for folder in folders]
+    results: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        results.update(run["results"])
+    results = {name: results[name] for name in MODELS if name in results}
+    headers = list(dict.fromkeys(run["header"] for run in runs))
+    table = markdown(results, "\n".join(headers))
+    (output / "accuracy.md").write_text(table + "\n")
+    (output / "accuracy.json").write_text(json.dumps({"header": headers[0], "results": results}, indent=1))
+    print(table)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     from anomalib.data import MVTecAD
 
@@ -195,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     args.output = args.output or REPO / "results" / f"accuracy_{args.category}"
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge(args.merge, args.output)
     args.epochs = args.epochs or DEFAULT_SIMPLENET_EPOCHS
     args.peer_epochs = args.peer_epochs or args.epochs
     root = args.data_root

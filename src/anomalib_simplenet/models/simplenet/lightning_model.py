@@ -186,6 +186,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
         if self.current_epoch == 0 and self._epoch_fractions:
             p_normal, p_noised = torch.stack(self._epoch_fractions).mean(dim=0).tolist()
+            logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
             warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
             if warning:
                 logger.warning(warning)
