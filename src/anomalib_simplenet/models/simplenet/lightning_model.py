@@ -31,7 +31,8 @@ VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise e
 
 
 class SimpleNet(PluginModuleMixin, AnomalibModule):
-    """SimpleNet (Liu et al., CVPR 2023) with the official code's defaults.
+    """SimpleNet (Liu et al., CVPR 2023): the official architecture and training, with the feature size and the noise
+    σ derived from the backbone (the official settings: ``noise_std=0.015``, configs/simplenet_official.yaml).
 
     Args:
         backbone: timm backbone name.
