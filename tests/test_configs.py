@@ -22,6 +22,9 @@ OVERLAYS = {
     "simplenet_noise0.015": ("simplenet", {"noise_std": 0.015}),
     "simplenet_noise0.03": ("simplenet", {"noise_std": 0.03}),
     "simplenet_adapter2": ("simplenet", {"adapter_layers": 2}),
+    "simplenet_official": ("simplenet", {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"],
+                                         "pretrain_embed_dim": 1536, "target_embed_dim": 1536, "noise_std": 0.015,
+                                         "image_size": 288}),
     "distill_classifier_scratch": (
         "distill_classifier", {"mode": "scratch", "pre_trained": False, "classification_weight": None},
     ),

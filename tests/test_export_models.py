@@ -36,7 +36,9 @@ from anomalib_simplenet.deploy import FP32_CPU_CONFIG
 from .conftest import TINY_SIMPLENET, mvtec_datamodule
 
 MODELS: dict[str, Callable[[], object]] = {
-    "SimpleNet": lambda: SimpleNet(**TINY_SIMPLENET, visualizer=False),
+    # The tolerances below were measured with the absolute σ = 0.015 (relative σ trains a model whose INT8 score
+    # error on these random-backbone features is 6e-2): export parity, not the noise, is under test here.
+    "SimpleNet": lambda: SimpleNet(**TINY_SIMPLENET, noise_std=0.015, visualizer=False),
     "UNetAE": lambda: UNetAE(image_size=64, depth=3, base_channels=8, latent_dim=16, visualizer=False),
     "DistillClassifier": lambda: DistillClassifier(mode="scratch", pre_trained=False, image_size=64, visualizer=False),
 }

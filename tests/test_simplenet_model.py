@@ -104,7 +104,8 @@ def test_noise_generator_statistics() -> None:
 
 
 def test_default_configuration_matches_paper() -> None:
-    model = SimpleNetModel(backbone="wide_resnet50_2", pre_trained=False)
+    """wide_resnet50_2 keeps the official sizes by default; its σ=0.015 is the explicit absolute noise_std."""
+    model = SimpleNetModel(backbone="wide_resnet50_2", pre_trained=False, noise_std=0.015)
     assert model.feature_extractor.feature_info.channels() == [512, 1024]
     assert model.aggregator.out_channels == 1536
     assert len(model.adapter) == 1

@@ -59,6 +59,35 @@ def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     return [names.index(layer) for layer in layers]
 
 
+def _feature_info(backbone: str) -> tuple[list[str], list[int], list[int]]:
+    """Module names, channels and strides of ``backbone``'s feature stages (built on the meta device)."""
+    with torch.device("meta"):
+        info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+    return list(info.module_name()), list(info.channels()), list(info.reduction())
+
+
+def default_layers(backbone: str, strides: Sequence[int] = (8, 16)) -> list[str]:
+    """The deepest feature stage of each stride in ``strides``: mid-level features as SimpleNet/PatchCore use.
+
+    ``wide_resnet50_2`` → ``layer2, layer3``; ``efficientnet_lite0`` → ``blocks.2, blocks.4``.
+    """
+    names, _, reductions = _feature_info(backbone)
+    layers = []
+    for stride in strides:
+        matching = [name for name, reduction in zip(names, reductions, strict=True) if reduction == stride]
+        if not matching:
+            msg = f"backbone {backbone!r} has no feature stage of stride {stride} (strides: {reductions}); pass layers"
+            raise ValueError(msg)
+        layers.append(matching[-1])
+    return layers
+
+
+def layer_channels(backbone: str, layers: Sequence[str]) -> list[int]:
+    """Channels of each of ``layers`` of ``backbone`` (no weights are built)."""
+    names, channels, _ = _feature_info(backbone)
+    return [channels[names.index(layer)] for layer in layers if layer in names]
+
+
 def _hub_reachable() -> bool:
     """True if the model hub answers a TCP connect within a few seconds (and offline mode is off)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
@@ -223,6 +252,22 @@ def create_network(
         ).replace("{hint}", hint)
         raise BackboneWeightsError(msg)
     return _with_source(timm.create_model(backbone, pretrained=True, **kwargs), "ImageNet (timm hub, downloaded)")
+
+
+WEIGHTS_CHOICES = "packaged | random | FILE"
+
+
+def weights_arguments(choice: str) -> dict[str, object]:
+    """Model arguments for a ``--weights packaged|random|FILE`` command-line option.
+
+    ``packaged``: ImageNet weights (hub cache, installed package, then hub), ``random``: random initialisation,
+    anything else: a local state-dict file.
+    """
+    if choice == "packaged":
+        return {"pre_trained": True, "backbone_weights": None}
+    if choice == "random":
+        return {"pre_trained": False, "backbone_weights": None}
+    return {"pre_trained": False, "backbone_weights": str(_check_weights_file(choice))}
 
 
 def freeze(module: nn.Module) -> nn.Module:

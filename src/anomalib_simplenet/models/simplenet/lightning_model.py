@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,28 +24,37 @@ from anomalib_simplenet.components.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
 from .loss import TruncatedL1Loss
-from .torch_model import SimpleNetModel
+from .noise_scale import measure_feature_scale, noise_warning
+from .torch_model import DEFAULT_RELATIVE_NOISE_STD, SimpleNetModel
 
+logger = logging.getLogger(__name__)
 VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise every epoch
 
 
 class SimpleNet(PluginModuleMixin, AnomalibModule):
-    """SimpleNet (Liu et al., CVPR 2023) with the official code's defaults.
+    """SimpleNet (Liu et al., CVPR 2023): the official architecture and training, with the feature size and the noise
+    σ derived from the backbone (the official settings: ``noise_std=0.015``, configs/simplenet_official.yaml).
 
     Args:
         backbone: timm backbone name.
-        layers: backbone layers to aggregate.
+        layers: backbone layers to aggregate; default: the last stride-8 and stride-16 stages (``layer2, layer3``
+            for ResNets, ``blocks.2, blocks.4`` for EfficientNet-Lite).
         pre_trained: ImageNet weights for the backbone (needs the hub or its cache).
         backbone_weights: local backbone state dict (``.pth``/``.pt``/``.safetensors``/``.bin``); overrides
             ``pre_trained``. For air-gapped machines.
         image_size: model input size; the default pre-processor resizes to it.
         patch_size: neighbourhood size of the local aggregation.
-        pretrain_embed_dim: per-layer feature length.
-        target_embed_dim: final feature length.
+        pretrain_embed_dim: per-layer feature length; default ``min(1536, Σ layer channels)``.
+        target_embed_dim: final feature length; default ``min(1536, Σ layer channels)`` (1536 for
+            ``wide_resnet50_2``, 152 for ``efficientnet_lite0``).
         adapter_layers: number of feature-adapter layers.
         discriminator_layers: number of discriminator layers.
         discriminator_hidden: discriminator hidden width.
-        noise_std: σ of the Gaussian noise that makes synthetic anomalous features.
+        noise_std: absolute σ of the Gaussian noise that makes synthetic anomalous features (the official code:
+            0.015, tuned for ``wide_resnet50_2``); it wins over ``relative_noise_std``. Default ``None``: relative.
+        relative_noise_std: σ as a fraction of the training features' scale (``sqrt(mean_c Var_c)``, measured
+            on the training images at the start of fit, in the same pass that fills the feature cache, and
+            saved in the checkpoint), so the default suits any backbone.
         margin: margin of the truncated L1 loss.
         adapter_lr: AdamW learning rate of the adapter.
         discriminator_lr: Adam learning rate of the discriminator.
@@ -55,7 +65,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             curve is the same). ``"auto"``/``True``/``"memory"``: CPU memory; ``"disk"``: files in
             ``feature_cache_dir``; ``False``/``"off"``: recompute every step. It falls back to recomputing, with
             a log message, when training augmentations are on or the training set's features would exceed
-            ``feature_cache_max_gb`` (``wide_resnet50_2`` at 288 px: 8 MB per image).
+            ``feature_cache_max_gb`` (``wide_resnet50_2`` at 288 px: 8 MB per image). While fitting, the
+            validation images' features are cached the same way (a second cache of the same bound).
         feature_cache_max_gb: bound of the cache in GiB.
         feature_cache_dir: folder for ``feature_cache="disk"`` (default: a temporary folder, removed after fit).
         channels_last: channels-last backbone weights (faster convolutions; same numbers).
@@ -65,17 +76,18 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer2", "layer3"),
+        layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         image_size: int | tuple[int, int] = 288,
         patch_size: int = 3,
-        pretrain_embed_dim: int = 1536,
-        target_embed_dim: int = 1536,
+        pretrain_embed_dim: int | None = None,
+        target_embed_dim: int | None = None,
         adapter_layers: int = 1,
         discriminator_layers: int = 2,
         discriminator_hidden: int = 1024,
-        noise_std: float = 0.015,
+        noise_std: float | None = None,
+        relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD,
         margin: float = 0.5,
         adapter_lr: float = 1e-4,
         discriminator_lr: float = 2e-4,
@@ -101,7 +113,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         )
         self.model = SimpleNetModel(
             backbone=backbone,
-            layers=list(layers),
+            layers=None if layers is None else list(layers),
             pre_trained=pre_trained,
             backbone_weights=backbone_weights,
             patch_size=patch_size,
@@ -111,18 +123,19 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             discriminator_layers=discriminator_layers,
             discriminator_hidden=discriminator_hidden,
             noise_std=noise_std,
+            relative_noise_std=relative_noise_std,
             anomaly_map_sigma=anomaly_map_sigma,
             channels_last=channels_last,
         )
         if feature_cache_max_gb <= 0:
             msg = f"feature_cache_max_gb must be > 0, got {feature_cache_max_gb}"
             raise ValueError(msg)
-        self.training_features = TrainingFeatureCache(
-            self.model.extract_features,
-            mode=cache_mode(feature_cache),
-            max_bytes=int(feature_cache_max_gb * 2**30),
-            directory=feature_cache_dir,
-        )
+        cache_args = {"mode": cache_mode(feature_cache), "max_bytes": int(feature_cache_max_gb * 2**30),
+                      "directory": feature_cache_dir}
+        self.training_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
+        # Validation images are as deterministic as training ones: val_loss/predictions of every epoch after the
+        # first then cost the head only.
+        self.validation_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
         self.loss = TruncatedL1Loss(margin)
         # Two optimisers of different kinds (AdamW / Adam with L2), as the official code.
         self.automatic_optimization = False
@@ -158,24 +171,53 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         for optimizer in optimizers:
             optimizer.step()
         margin, size = self.loss.margin, len(batch.image)
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=size)
         # Fractions of locations already past the margin: the official code's p_true / p_fake.
-        self.log("train_p_normal", (normal_scores >= margin).float().mean(), on_epoch=True, batch_size=size)
-        self.log("train_p_noised", (noised_scores <= -margin).float().mean(), on_epoch=True, batch_size=size)
+        p_normal = (normal_scores >= margin).float().mean()
+        p_noised = (noised_scores <= -margin).float().mean()
+        self._epoch_fractions.append(torch.stack([p_normal, p_noised]).detach())
+        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("p_normal", p_normal, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("p_noised", p_noised, on_epoch=True, prog_bar=True, batch_size=size)
         return {"loss": loss.detach()}
 
+    def on_train_epoch_start(self) -> None:
+        """Start collecting this epoch's p_normal / p_noised."""
+        self._epoch_fractions: list[torch.Tensor] = []
+
+    def on_train_epoch_end(self) -> None:
+        """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
+        if self.current_epoch == 0 and self._epoch_fractions:
+            p_normal, p_noised = torch.stack(self._epoch_fractions).mean(dim=0).tolist()
+            logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
+            warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
+            if warning:
+                logger.warning(warning)
+
     def on_train_start(self) -> None:
-        """Decide whether this fit trains from the feature cache (logs why not)."""
+        """Decide whether this fit trains from the feature cache (logs why not); measure the feature scale."""
         self.training_features.start(self.trainer, self.pre_processor)
+        self.validation_features.start(self.trainer, self.pre_processor)
+        if self.model.noise_generator.relative:
+            scale, images = measure_feature_scale(
+                self.trainer, self.pre_processor, self.training_features, self.device
+            )
+            self.model.noise_generator.set_feature_scale(scale)
+            logger.info(
+                "Feature scale %.4g (%d training images): noise σ = %g × %.4g = %.4g.",
+                float(scale), images, self.model.noise_generator.relative_noise_std, float(scale),
+                float(self.model.noise_generator.sigma()),
+            )
 
     def on_fit_end(self) -> None:
-        """Free the feature cache: it only serves one fit."""
+        """Free the feature caches: they only serve one fit."""
         self.training_features.stop()
+        self.validation_features.stop()
 
     def teardown(self, stage: str) -> None:
-        """Free the feature cache also when fitting stops with an error."""
+        """Free the feature caches also when fitting stops with an error."""
         del stage
         self.training_features.stop()
+        self.validation_features.stop()
 
     def on_validation_epoch_start(self) -> None:
         """Restart the validation noise, so ``val_loss`` of every epoch sees the same noise."""
@@ -188,7 +230,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         noise from a generator reseeded every epoch, for ``EarlyStopping(monitor="val_loss")``.
         """
         del args, kwargs
-        features = self.model.extract_features(batch.image)
+        features = self.validation_features(batch.image, batch.image_path)
         if self._trainer is not None and self.trainer.validating and batch.gt_label is not None:
             self._log_val_loss(features[batch.gt_label == 0])
         return batch.update(**self.model.predict(features, batch.image.shape[-2:])._asdict())

@@ -16,10 +16,22 @@ import torch.nn.functional as F
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from anomalib_simplenet.components.backbone import create_feature_extractor, freeze
+from anomalib_simplenet.components.backbone import create_feature_extractor, default_layers, freeze
+from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.components.patch_features import PatchAggregator
 
 from .anomaly_map import AnomalyMapGenerator
+
+
+# σ as a fraction of the features' scale. Chosen on magnetic_tile's validation loss/separation with
+# efficientnet_lite0 (see README, SimpleNet defaults); 1/450 of the scale (lite0 at the official 0.015) learns nothing.
+DEFAULT_RELATIVE_NOISE_STD = 0.2
+MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
+
+
+def default_embed_dim(channels: Sequence[int]) -> int:
+    """``min(1536, Σ channels)``: the official width for wide ResNets, no channel replication for small nets."""
+    return min(MAX_EMBED_DIM, sum(channels))
 
 
 def _tracing() -> bool:
@@ -73,18 +85,60 @@ class Discriminator(nn.Sequential):
 
 
 class AnomalyFeatureGenerator(nn.Module):
-    """Synthetic anomalies in feature space: ``features + N(0, σ²)``, used in training only."""
+    """Synthetic anomalies in feature space: ``features + N(0, σ²)``, used in training only.
 
-    def __init__(self, noise_std: float = 0.015) -> None:
+    σ is either absolute (``noise_std``, the official code's 0.015 for ``wide_resnet50_2``) or, when
+    ``noise_std`` is ``None``, ``relative_noise_std × feature_scale``: a fraction of the training features'
+    scale (see :mod:`anomalib_simplenet.components.feature_scale`), so one default suits every backbone. The
+    scale is a buffer (saved in checkpoints, unused at inference); it is 0 until measured.
+    """
+
+    def __init__(self, noise_std: float | None = None, relative_noise_std: float = 0.2) -> None:
         super().__init__()
-        if noise_std <= 0:
-            msg = f"noise_std must be > 0, got {noise_std}"
+        if noise_std is not None and noise_std <= 0:
+            msg = f"noise_std must be > 0 (or None for noise relative to the feature scale), got {noise_std}"
+            raise ValueError(msg)
+        if relative_noise_std <= 0:
+            msg = f"relative_noise_std must be > 0, got {relative_noise_std}"
             raise ValueError(msg)
         self.noise_std = noise_std
+        self.relative_noise_std = relative_noise_std
+        self.register_buffer("feature_scale", torch.tensor(0.0))
+
+    @property
+    def relative(self) -> bool:
+        """True when σ follows the feature scale (no absolute ``noise_std`` given)."""
+        return self.noise_std is None
+
+    @property
+    def measured(self) -> bool:
+        """True once the feature scale has been set."""
+        return bool(self.feature_scale > 0)
+
+    def set_feature_scale(self, scale: torch.Tensor | float) -> None:
+        """Store the training features' scale (a positive number)."""
+        scale = torch.as_tensor(scale, dtype=self.feature_scale.dtype)
+        if not torch.isfinite(scale) or scale <= 0:
+            msg = f"feature scale must be finite and > 0, got {float(scale)} (constant or broken features?)"
+            raise ValueError(msg)
+        self.feature_scale.copy_(scale)
+
+    def sigma(self) -> torch.Tensor | float:
+        """σ of the noise: ``noise_std``, or ``relative_noise_std × feature_scale``."""
+        if self.noise_std is not None:
+            return self.noise_std
+        if not self.measured:
+            msg = (
+                "relative noise needs the training features' scale: fit through SimpleNet (it measures it at the "
+                "start of fit), call set_feature_scale, or pass an absolute noise_std"
+            )
+            raise RuntimeError(msg)
+        return self.relative_noise_std * self.feature_scale
 
     def noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``N(0, σ²)`` noise shaped like ``like``; from ``generator`` when given, else the global RNG."""
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device) * self.noise_std
+        noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return noise * self.sigma()
 
     def forward(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Return ``features`` plus i.i.d. Gaussian noise of the same shape."""
@@ -96,16 +150,20 @@ class SimpleNetModel(nn.Module):
 
     Args:
         backbone: timm model name.
-        layers: backbone layers whose features are aggregated (the first sets the output grid).
+        layers: backbone layers whose features are aggregated (the first sets the output grid); ``None``: the
+            backbone's last stride-8 and stride-16 stages (``layer2, layer3`` for ResNets).
         pre_trained: use ImageNet weights for the backbone.
         backbone_weights: local state-dict file for the backbone (overrides ``pre_trained``).
         patch_size: neighbourhood size for local aggregation.
-        pretrain_embed_dim: per-layer feature length after aggregation.
-        target_embed_dim: final feature length ``D``.
+        pretrain_embed_dim: per-layer feature length after aggregation; ``None``: ``min(1536, Σ channels)``.
+        target_embed_dim: final feature length ``D``; ``None``: ``min(1536, Σ channels)`` (1536 for
+            ``wide_resnet50_2``'s 512 + 1024 channels, 152 for ``efficientnet_lite0``'s 40 + 112: a small
+            backbone's channels are never replicated by pooling up).
         adapter_layers: number of adapter layers.
         discriminator_layers: number of discriminator layers (including the output layer).
         discriminator_hidden: hidden width of the discriminator.
-        noise_std: σ of the Gaussian feature noise.
+        noise_std: absolute σ of the Gaussian feature noise (the official code: 0.015); ``None``: relative.
+        relative_noise_std: σ as a fraction of the training features' scale when ``noise_std`` is ``None``.
         anomaly_map_sigma: σ of the Gaussian smoothing of the upsampled score map.
         channels_last: keep the backbone weights in channels-last memory format (faster convolutions on
             CPU (oneDNN) and on GPU tensor cores; the numbers are the same).
@@ -119,28 +177,32 @@ class SimpleNetModel(nn.Module):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer2", "layer3"),
+        layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         patch_size: int = 3,
-        pretrain_embed_dim: int = 1536,
-        target_embed_dim: int = 1536,
+        pretrain_embed_dim: int | None = None,
+        target_embed_dim: int | None = None,
         adapter_layers: int = 1,
         discriminator_layers: int = 2,
         discriminator_hidden: int = 1024,
-        noise_std: float = 0.015,
+        noise_std: float | None = None,
+        relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD,
         anomaly_map_sigma: float = 4.0,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
+        layers = list(layers) if layers is not None else default_layers(backbone)
         self.feature_extractor = freeze(create_feature_extractor(backbone, layers, pre_trained, backbone_weights))
         if channels_last:
             self.feature_extractor.to(memory_format=torch.channels_last)
         channels = self.feature_extractor.feature_info.channels()
+        pretrain_embed_dim = pretrain_embed_dim or default_embed_dim(channels)
+        target_embed_dim = target_embed_dim or default_embed_dim(channels)
         self.aggregator = PatchAggregator(channels, patch_size, pretrain_embed_dim, target_embed_dim)
         self.adapter = FeatureAdapter(target_embed_dim, adapter_layers)
         self.discriminator = Discriminator(target_embed_dim, discriminator_hidden, discriminator_layers)
-        self.noise_generator = AnomalyFeatureGenerator(noise_std)
+        self.noise_generator = AnomalyFeatureGenerator(noise_std, relative_noise_std)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=anomaly_map_sigma)
         self._fused_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] | None = None
 
@@ -204,6 +266,10 @@ class SimpleNetModel(nn.Module):
         Returns:
             Discriminator outputs ``(N, 1, h, w)`` for the adapted features and for their noised copies.
         """
+        noise_source = self.noise_generator
+        if noise_source.relative and not noise_source.measured:
+            # Used outside SimpleNet's fit (which measures the whole training set first): this batch's scale.
+            noise_source.set_feature_scale(FeatureMoments.of(features).scale())
         hidden_in = self._pre_adapter(features)
         weight, bias, first = self._fused_linear()
         # Noise in adapted-feature space (N, D, h, w), the same draw as ``adapted + noise`` would take.
