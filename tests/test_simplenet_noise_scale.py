@@ -24,9 +24,9 @@ def test_feature_scale_is_rms_of_per_dimension_std_and_sums_over_shards() -> Non
     assert float(whole.scale()) == pytest.approx(float(stds.square().mean().sqrt()), rel=0.03)
     # Shards (as ranks of a distributed run would hold them) summed, then reduced once: the same number.
     first, second = FeatureMoments.of(features[:5]), FeatureMoments.of(features[5:])
-    summed = scale_from_moments(first.sums + second.sums, first.squares + second.squares, first.count + second.count)
+    summed = scale_from_moments(*(a + b for a, b in zip(first.totals(), second.totals(), strict=True)))
     torch.testing.assert_close(summed, whole.scale())
-    assert whole.images == 16 and whole.count == 16 * 64
+    assert whole.images == 16 and float(whole.totals()[2]) == 16 * 64
 
 
 def test_noise_follows_the_feature_scale() -> None:

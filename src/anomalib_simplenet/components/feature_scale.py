@@ -9,9 +9,13 @@ distributed run) can be summed first and reduced once with :func:`scale_from_mom
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from .distributed import batch_keys, sum_over_samples
 
 
 def scale_from_moments(sums: torch.Tensor, squares: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
@@ -30,21 +34,26 @@ def scale_from_moments(sums: torch.Tensor, squares: torch.Tensor, count: torch.T
 
 @dataclass
 class FeatureMoments:
-    """Running per-channel sums of feature maps ``(N, D, h, w)``: sums, sums of squares, number of locations."""
+    """Per-image channel sums of feature maps ``(N, D, h, w)``: sums, sums of squares, locations, image keys.
 
-    sums: torch.Tensor | None = None
-    squares: torch.Tensor | None = None
-    count: int = 0
-    images: int = 0
+    Rows are kept per image (``N × D`` floats, small) so that :meth:`scale` can total them over the ranks of a
+    distributed run with each image counted once, whatever padding the distributed sampler added.
+    """
 
-    def update(self, features: torch.Tensor) -> None:
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        """Images added on this rank."""
+        return len(self.keys)
+
+    def update(self, features: torch.Tensor, paths: Sequence[Any] | None = None) -> None:
         """Add a batch of feature maps ``(N, D, h, w)`` (float64 sums: thousands of images stay exact enough)."""
-        values = features.detach().double().transpose(0, 1).flatten(1)  # (D, N·h·w)
-        sums, squares = values.sum(dim=1).cpu(), values.square().sum(dim=1).cpu()
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.squares = squares if self.squares is None else self.squares + squares
-        self.count += values.shape[1]
-        self.images += len(features)
+        values = features.detach().double().flatten(2)  # (N, D, h·w)
+        counts = torch.full((len(values),), values.shape[2], dtype=torch.float64)
+        self.rows.append((values.sum(dim=2).cpu(), values.square().sum(dim=2).cpu(), counts))
+        self.keys += batch_keys(paths, len(values), len(self.keys))
 
     @classmethod
     def of(cls, features: torch.Tensor) -> FeatureMoments:
@@ -53,9 +62,17 @@ class FeatureMoments:
         moments.update(features)
         return moments
 
-    def scale(self) -> torch.Tensor:
-        """The scale of everything added so far (a 0-d float tensor)."""
-        if self.sums is None or self.squares is None:
+    def totals(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-channel sums ``(D,)``, sums of squares ``(D,)`` and the location count over all ranks' images.
+
+        A collective under DDP: every rank must call it.
+        """
+        if not self.rows:
             msg = "feature scale: no features were added"
             raise ValueError(msg)
-        return scale_from_moments(self.sums, self.squares, self.count)
+        sums, squares, counts = (torch.cat(parts) for parts in zip(*self.rows, strict=True))
+        return sum_over_samples(self.keys, sums, squares, counts)
+
+    def scale(self) -> torch.Tensor:
+        """The scale of everything added so far, on every rank (a 0-d float tensor)."""
+        return scale_from_moments(*self.totals())

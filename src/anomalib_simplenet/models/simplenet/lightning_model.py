@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,6 +136,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         self.training_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
         # Validation images are as deterministic as training ones: val_loss/predictions of every epoch after the
         # first then cost the head only.
+        # Its own folder in disk mode: the two caches are filled and freed independently.
+        if feature_cache_dir is not None:
+            cache_args["directory"] = str(Path(feature_cache_dir) / "validation")
         self.validation_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
         self.loss = TruncatedL1Loss(margin)
         # Two optimisers of different kinds (AdamW / Adam with L2), as the official code.

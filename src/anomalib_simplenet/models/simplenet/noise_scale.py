@@ -36,12 +36,12 @@ def measure_feature_scale(
             images = batch.image.to(device)
             if transform is not None:
                 images = transform(images)
-            moments.update(features(images, batch.image_path))
+            moments.update(features(images, batch.image_path), batch.image_path)
             if limit is not None and moments.images >= limit:
                 break
     finally:
         restore_rng_state(rng_state)
-    # A distributed run would all-reduce moments.sums/squares/count here, before scale_from_moments.
+    # Under DDP every rank reaches this line: the totals are gathered over all ranks' images, each once.
     return moments.scale(), moments.images
 
 
