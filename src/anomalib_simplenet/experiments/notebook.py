@@ -1,13 +1,18 @@
-"""Small helpers that keep the notebooks in ``notebooks/`` short: data set-up, raw scores, image grids."""
+"""Small helpers that keep the notebooks in ``notebooks/`` short: data set-up, raw scores, image grids, and the
+distillation study's comparison at small size (models fitted, scored and measured by the study's own functions)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from anomalib.data import AnomalibDataModule
+from anomalib.models import AnomalibModule
 from PIL import Image
 
 from anomalib_simplenet.data import make_synthetic_mvtec
@@ -132,3 +137,93 @@ def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold
         axis.set(title=name, xlabel="raw image score", ylabel="images")
         axis.legend(fontsize="small")
     return figure
+
+
+def fit_study_model(
+    kind: str,
+    datamodule: AnomalibDataModule,
+    out: str | Path,
+    image_size: int,
+    teacher: str = "efficientnet_lite0",
+    pre_trained: bool = True,
+    epochs: int = 5,
+    patience: int = 3,
+    seed: int = 0,
+    **init_args: Any,
+) -> AnomalibModule:
+    """One model of the study (``kind``: teacher | scratch | distill | unet_ae), fitted as the study fits it.
+
+    The study's constructor arguments (:func:`anomalib_simplenet.study.settings.resolve_init_args`: same input size,
+    same teacher network for the reference and the distilled student) and its fit
+    (:func:`anomalib_simplenet.study.training.fit_setting`: early stopping and the checkpoint of lowest validation
+    loss). ``init_args`` are the setting's own arguments (e.g. ``latent_dim``). Prints where the weights came from.
+
+    Raises:
+        RuntimeError: the fit failed (the study itself records the failure and goes on).
+    """
+    from anomalib_simplenet.study.settings import Setting, resolve_init_args
+    from anomalib_simplenet.study.training import fit_setting
+
+    setting = Setting(kind, "notebook", dict(init_args))
+    arguments = resolve_init_args(setting, image_size, teacher, pre_trained)
+    result = fit_setting(setting, arguments, "notebook", datamodule, Path(out), epochs, patience, seed)
+    if result.status != "ok" or result.model is None:
+        msg = f"{setting.label}: {result.error} (traceback in {Path(out) / 'error.txt'})"
+        raise RuntimeError(msg)
+    print(f"{kind} weights: {result.weights}")
+    return result.model
+
+
+def compare_models(
+    models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, percentile: float = 95.0
+) -> dict[str, dict[str, float]]:
+    """Per model, the study's metrics on raw scores (:func:`anomalib_simplenet.study.evaluation.evaluate`).
+
+    ``val_image_auroc`` (the only one a choice may use), test ``image_auroc`` and ``pixel_auroc``, and test F1 at
+    the F1-adaptive threshold fixed on the validation split.
+    """
+    from anomalib_simplenet.study.evaluation import evaluate, predict
+
+    table = {}
+    for name, model in models.items():
+        metrics = evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
+                           percentile)
+        table[name] = {key: metrics[key] for key in ("val_image_auroc", "image_auroc", "pixel_auroc", "adaptive_f1")}
+    return table
+
+
+def best_on_validation(table: Mapping[str, Mapping[str, float]]) -> str:
+    """Name of the model of highest validation image AUROC (ties: the first listed; NaN never wins)."""
+    def score(name: str) -> float:
+        value = table[name]["val_image_auroc"]
+        return value if math.isfinite(value) else -math.inf
+
+    return max(table, key=score)
+
+
+def cost_table(
+    models: Mapping[str, AnomalibModule],
+    datamodule: AnomalibDataModule,
+    out: str | Path,
+    threads: int = 1,
+    throughput_seconds: float = 1.0,
+) -> dict[str, dict[str, float]]:
+    """Per model: parameters of the deployed network, size and batch-1 latency of its torch FP32 export.
+
+    Measured by the study (:func:`anomalib_simplenet.study.cost.measure_model`, the benchmark's code) on the raw
+    test images, each alone; a distilled student is measured without its teacher (training-only).
+    """
+    from anomalib_simplenet.study.cost import measure_model
+
+    table = {}
+    for index, (name, model) in enumerate(models.items()):
+        cost = measure_model(name, model, datamodule, Path(out) / f"model{index}", quantize=False, threads=threads,
+                             throughput_seconds=throughput_seconds)
+        record = cost.reference
+        if record["status"] != "ok":
+            msg = f"{name}: {record['status']}"
+            raise RuntimeError(msg)
+        table[name] = {"parameters (M)": cost.parameters / 1e6, "size MB": record["size_mb"],
+                       "latency ms (batch 1, median)": record["latency_ms_median"],
+                       "latency ms (batch 1, p95)": record["latency_ms_p95"]}
+    return table
