@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_tools import injected_timm_weights
 
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="folder holding the category")
     parser.add_argument("--output", type=Path, default=None, help="default: results/accuracy_<category>")
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="packaged", help="packaged | random | FILE (a state dict)")
+    add_weights_argument(parser)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="SimpleNet epochs (default: the benchmark default)")
@@ -72,10 +74,7 @@ def backbone_state(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], f
     from anomalib_simplenet.components.backbone import create_network, weights_source
 
     torch.manual_seed(args.seed)
-    if args.weights in {"packaged", "random"}:
-        network = create_network(args.backbone, pre_trained=args.weights == "packaged")
-    else:
-        network = create_network(args.backbone, pre_trained=False, weights_path=args.weights)
+    network = create_network(args.backbone, args.weights.pre_trained, args.weights.path)
     eps = next(m.eps for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
     return network.state_dict(), eps, weights_source(network)
 
@@ -107,12 +106,12 @@ def build(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], e
     from anomalib.models import Glass, Padim, Patchcore, Supersimplenet
 
     from anomalib_simplenet import SimpleNet
-    from anomalib_simplenet.components.backbone import layer_channels, weights_arguments
+    from anomalib_simplenet.components.backbone import layer_channels
 
     common = {"pre_processor": pre_processor(args.image_size), "evaluator": evaluator(args.aupro), "visualizer": False}
     if name == "simplenet":
-        weights = weights_arguments(args.weights)
-        if args.weights == "random":  # the seeded state every peer gets
+        weights = weights_kwargs("SimpleNet", args.weights)
+        if args.weights.kind == "random":  # the seeded state every peer gets
             path = args.output / "random_backbone.pth"
             torch.save(state, path)
             weights["backbone_weights"] = str(path)

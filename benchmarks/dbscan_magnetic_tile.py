@@ -23,7 +23,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
-from anomalib_simplenet.benchmark.weights import (
+from anomalib_simplenet.components.weights_option import (
     DEFAULT_BACKBONE,
     SIMPLENET_LITE0,
     WeightsChoice,

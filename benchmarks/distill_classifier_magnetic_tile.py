@@ -23,7 +23,7 @@ from anomalib.engine import Engine
 from sklearn.metrics import roc_auc_score
 
 from anomalib_simplenet import DistillClassifier
-from anomalib_simplenet.benchmark.weights import DEFAULT_BACKBONE, add_weights_argument, weights_kwargs
+from anomalib_simplenet.components.weights_option import DEFAULT_BACKBONE, add_weights_argument, weights_kwargs
 from anomalib_simplenet.data.subset import make_subset
 
 DEFECTS = ("blowhole", "break", "crack", "fray", "uneven")

@@ -44,7 +44,7 @@ from perf_tools import (
     measure_inference,
 )
 
-from anomalib_simplenet.benchmark.weights import (
+from anomalib_simplenet.components.weights_option import (
     DEFAULT_BACKBONE,
     SIMPLENET_LITE0,
     WeightsChoice,

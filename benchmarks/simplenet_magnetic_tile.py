@@ -19,7 +19,8 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.backbone import WEIGHTS_CHOICES, weights_arguments, weights_source
+from anomalib_simplenet.components.backbone import weights_source
+from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
 from anomalib_simplenet.data.subset import make_subset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--output", type=Path, default=Path("results/bench_simplenet_magnetic_tile"))
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="packaged", help=WEIGHTS_CHOICES)
+    add_weights_argument(parser)
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=8)
@@ -40,7 +41,7 @@ def main() -> None:
     root = make_subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images)
     datamodule = MVTecAD(root=root, category="magnetic_tile", train_batch_size=8, eval_batch_size=16,
                          num_workers=2, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
-    model = SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_arguments(args.weights))
+    model = SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_kwargs("SimpleNet", args.weights))
     weights = weights_source(model.model.feature_extractor)
     engine = Engine(max_epochs=args.epochs, default_root_dir=args.output, logger=False, enable_progress_bar=False)
     start = time.perf_counter()

@@ -123,7 +123,7 @@ def test_unknown_model_is_a_clear_error(synthetic_root: Path, tmp_path: Path) ->
 def test_weights_option_is_parsed_once_for_every_script(tmp_path: Path) -> None:
     import argparse
 
-    from anomalib_simplenet.benchmark.weights import add_weights_argument, parse_weights, weights_kwargs
+    from anomalib_simplenet.components.weights_option import add_weights_argument, parse_weights, weights_kwargs
 
     parser = argparse.ArgumentParser()
     add_weights_argument(parser)

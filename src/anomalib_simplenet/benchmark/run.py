@@ -21,7 +21,7 @@ from .plot import plot_report
 from .report import Row, markdown_table, records_of, write_report
 from .runtime import load_runner
 from .variants import select_variants
-from .weights import weights_description
+from anomalib_simplenet.components.weights_option import weights_description
 
 
 @dataclass

@@ -49,9 +49,7 @@ class BackboneWeightsError(RuntimeError):
 
 def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     """Map layer names (e.g. ``layer2``) to timm ``out_indices`` without building real weights."""
-    with torch.device("meta"):
-        probe = timm.create_model(backbone, pretrained=False, features_only=True)
-    names = list(probe.feature_info.module_name())
+    names, _, _ = feature_stages(backbone)
     missing = [layer for layer in layers if layer not in names]
     if missing:
         msg = f"backbone {backbone!r} has no layer(s) {missing}; available: {names}"
@@ -59,10 +57,14 @@ def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     return [names.index(layer) for layer in layers]
 
 
-def _feature_info(backbone: str) -> tuple[list[str], list[int], list[int]]:
+def feature_stages(backbone: str) -> tuple[list[str], list[int], list[int]]:
     """Module names, channels and strides of ``backbone``'s feature stages (built on the meta device)."""
-    with torch.device("meta"):
-        info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+    try:
+        with torch.device("meta"):
+            info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        msg = f"backbone {backbone!r} cannot be built by timm: {error}"
+        raise ValueError(msg) from error
     return list(info.module_name()), list(info.channels()), list(info.reduction())
 
 
@@ -71,12 +73,13 @@ def default_layers(backbone: str, strides: Sequence[int] = (8, 16)) -> list[str]
 
     ``wide_resnet50_2`` → ``layer2, layer3``; ``efficientnet_lite0`` → ``blocks.2, blocks.4``.
     """
-    names, _, reductions = _feature_info(backbone)
+    names, _, reductions = feature_stages(backbone)
     layers = []
     for stride in strides:
         matching = [name for name, reduction in zip(names, reductions, strict=True) if reduction == stride]
         if not matching:
-            msg = f"backbone {backbone!r} has no feature stage of stride {stride} (strides: {reductions}); pass layers"
+            strides_by_name = dict(zip(names, reductions, strict=True))
+            msg = f"backbone {backbone!r} has no feature stage of stride {stride} (strides: {strides_by_name}); pass layers"
             raise ValueError(msg)
         layers.append(matching[-1])
     return layers
@@ -84,7 +87,7 @@ def default_layers(backbone: str, strides: Sequence[int] = (8, 16)) -> list[str]
 
 def layer_channels(backbone: str, layers: Sequence[str]) -> list[int]:
     """Channels of each of ``layers`` of ``backbone`` (no weights are built)."""
-    names, channels, _ = _feature_info(backbone)
+    names, channels, _ = feature_stages(backbone)
     return [channels[names.index(layer)] for layer in layers if layer in names]
 
 
@@ -210,7 +213,24 @@ def create_feature_extractor(
         Module mapping images ``(N, 3, H, W)`` to a list of feature maps, one per layer.
     """
     out_indices = layer_indices(backbone, layers)
-    return create_network(backbone, pre_trained, weights_path, features_only=True, out_indices=out_indices)
+    network = create_network(backbone, pre_trained, weights_path, features_only=True, out_indices=out_indices)
+    return _drop_blocks_after_deepest(network)
+
+
+def _drop_blocks_after_deepest(network: nn.Module) -> nn.Module:
+    """Remove the blocks after the deepest requested one from a timm EfficientNet/MobileNet feature network.
+
+    timm truncates ResNet-style feature networks, but its EfficientNet feature wrapper keeps and runs every
+    block whatever ``out_indices`` asks for: for lite0 up to stride 16 that is two blocks (of seven) computed
+    for nothing on every image.
+    """
+    blocks = getattr(network, "blocks", None)
+    names = list(network.feature_info.module_name())
+    if not isinstance(blocks, nn.Sequential) or not all(name.startswith("blocks.") for name in names):
+        return network
+    deepest = max(int(name.split(".")[1]) for name in names)
+    network.blocks = blocks[: deepest + 1]
+    return network
 
 
 def create_network(
@@ -252,22 +272,6 @@ def create_network(
         ).replace("{hint}", hint)
         raise BackboneWeightsError(msg)
     return _with_source(timm.create_model(backbone, pretrained=True, **kwargs), "ImageNet (timm hub, downloaded)")
-
-
-WEIGHTS_CHOICES = "packaged | random | FILE"
-
-
-def weights_arguments(choice: str) -> dict[str, object]:
-    """Model arguments for a ``--weights packaged|random|FILE`` command-line option.
-
-    ``packaged``: ImageNet weights (hub cache, installed package, then hub), ``random``: random initialisation,
-    anything else: a local state-dict file.
-    """
-    if choice == "packaged":
-        return {"pre_trained": True, "backbone_weights": None}
-    if choice == "random":
-        return {"pre_trained": False, "backbone_weights": None}
-    return {"pre_trained": False, "backbone_weights": str(_check_weights_file(choice))}
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -14,12 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from anomalib_simplenet.components.backbone import BackboneWeightsError, create_feature_extractor, freeze
+from anomalib_simplenet.components.backbone import (
+    BackboneWeightsError,
+    create_feature_extractor,
+    default_layers,
+    feature_stages,
+    freeze,
+)
 
 from .networks import STAGE_CHANNELS, STAGES
 
@@ -30,15 +35,12 @@ STAGE_REDUCTIONS = {"conv2_x": 4, "conv3_x": 8}
 RANDOM_TEACHER_SEED = 0
 
 
-def _feature_info(backbone: str) -> tuple[list[str], list[int], list[int]]:
-    """Module names, reductions and channels of ``backbone``'s feature stages (no weights are built)."""
+def _feature_stages(backbone: str) -> tuple[list[str], list[int], list[int]]:
+    """Module names, channels and strides of the teacher's feature stages; errors name ``teacher_backbone``."""
     try:
-        with torch.device("meta"):
-            info = timm.create_model(backbone, pretrained=False, features_only=True).feature_info
-    except RuntimeError as error:  # timm: "Unknown model (...)"
-        msg = f"teacher_backbone {backbone!r} cannot be built by timm: {error}"
-        raise ValueError(msg) from error
-    return list(info.module_name()), list(info.reduction()), list(info.channels())
+        return feature_stages(backbone)
+    except ValueError as error:
+        raise ValueError(f"teacher_backbone {backbone!r}: {error}") from error
 
 
 def resolve_teacher_layers(backbone: str, layers: Sequence[str] | None = None) -> list[str]:
@@ -47,19 +49,13 @@ def resolve_teacher_layers(backbone: str, layers: Sequence[str] | None = None) -
     Without ``layers`` the deepest stage at stride 4 and the deepest at stride 8 are taken (``layer1``,
     ``layer2`` for a ResNet; ``blocks.1``, ``blocks.2`` for an EfficientNet-Lite).
     """
-    names, reductions, _ = _feature_info(backbone)
+    names, _, _ = _feature_stages(backbone)
     if layers is None:
-        chosen = []
-        for stage, reduction in STAGE_REDUCTIONS.items():
-            at_stride = [name for name, r in zip(names, reductions, strict=True) if r == reduction]
-            if not at_stride:
-                msg = (
-                    f"teacher_backbone {backbone!r} has no feature stage at stride {reduction} (for the student's "
-                    f"{stage}); strides: {dict(zip(names, reductions, strict=True))}. Pass teacher_layers=[...]"
-                )
-                raise ValueError(msg)
-            chosen.append(at_stride[-1])
-        return chosen
+        try:
+            return default_layers(backbone, strides=tuple(STAGE_REDUCTIONS.values()))
+        except ValueError as error:
+            msg = f"teacher_backbone: {error} (matched to the student's {list(STAGES)}: teacher_layers=[...])"
+            raise ValueError(msg) from error
     layers = [str(layer) for layer in layers] if not isinstance(layers, str) else [layers]
     unknown = [layer for layer in layers if layer not in names]
     if len(layers) != len(STAGES) or unknown or len(set(layers)) != len(layers):
@@ -97,7 +93,7 @@ class Teacher(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = resolve_teacher_layers(backbone, layers)
-        names, _, channels = _feature_info(backbone)
+        names, channels, _ = _feature_stages(backbone)
         self.channels = [channels[names.index(layer)] for layer in self.layers]
         if pre_trained or weights_path is not None:
             try:
