@@ -49,7 +49,10 @@ class BackboneWeightsError(RuntimeError):
 
 def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
     """Map layer names (e.g. ``layer2``) to timm ``out_indices`` without building real weights."""
-    names, _, _ = feature_stages(backbone)
+    return _indices(backbone, feature_stages(backbone)[0], layers)
+
+
+def _indices(backbone: str, names: list[str], layers: Sequence[str]) -> list[int]:
     missing = [layer for layer in layers if layer not in names]
     if missing:
         msg = f"backbone {backbone!r} has no layer(s) {missing}; available: {names}"
@@ -79,7 +82,10 @@ def default_layers(backbone: str, strides: Sequence[int] = (8, 16)) -> list[str]
         matching = [name for name, reduction in zip(names, reductions, strict=True) if reduction == stride]
         if not matching:
             strides_by_name = dict(zip(names, reductions, strict=True))
-            msg = f"backbone {backbone!r} has no feature stage of stride {stride} (strides: {strides_by_name}); pass layers"
+            msg = (
+                f"backbone {backbone!r} has no feature stage of stride {stride} (strides: {strides_by_name}); "
+                "pass layers"
+            )
             raise ValueError(msg)
         layers.append(matching[-1])
     return layers
@@ -88,7 +94,7 @@ def default_layers(backbone: str, strides: Sequence[int] = (8, 16)) -> list[str]
 def layer_channels(backbone: str, layers: Sequence[str]) -> list[int]:
     """Channels of each of ``layers`` of ``backbone`` (no weights are built)."""
     names, channels, _ = feature_stages(backbone)
-    return [channels[names.index(layer)] for layer in layers if layer in names]
+    return [channels[index] for index in _indices(backbone, names, layers)]
 
 
 def _hub_reachable() -> bool:
@@ -265,11 +271,11 @@ def create_network(
         offline = ", ".join(sorted(PACKAGED_WEIGHTS))
         msg = (
             f"Cannot download ImageNet weights for backbone {backbone!r}: the model hub is unreachable "
-            "(no network, or HF_HUB_OFFLINE is set) and the weights are not in the local cache.{hint} "
+            f"(no network, or HF_HUB_OFFLINE is set) and the weights are not in the local cache.{hint} "
             f"Backbones with weights in installed packages (no network needed): {offline}. "
             "Or pass a local state-dict file (backbone_weights='/path/to/weights.pth' or '.safetensors'), "
             "or pre_trained=False to train on a randomly initialised backbone."
-        ).replace("{hint}", hint)
+        )
         raise BackboneWeightsError(msg)
     return _with_source(timm.create_model(backbone, pretrained=True, **kwargs), "ImageNet (timm hub, downloaded)")
 

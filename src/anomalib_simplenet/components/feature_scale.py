@@ -32,6 +32,12 @@ def scale_from_moments(sums: torch.Tensor, squares: torch.Tensor, count: torch.T
     return variance.mean().sqrt().float()
 
 
+def batch_scale(features: torch.Tensor) -> torch.Tensor:
+    """Scale of one batch of feature maps ``(N, D, h, w)`` on this process alone."""
+    values = features.detach().double().transpose(0, 1).flatten(1)  # (D, N·h·w)
+    return scale_from_moments(values.sum(dim=1), values.square().sum(dim=1), values.shape[1])
+
+
 @dataclass
 class FeatureMoments:
     """Per-image channel sums of feature maps ``(N, D, h, w)``: sums, sums of squares, locations, image keys.

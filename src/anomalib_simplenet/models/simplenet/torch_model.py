@@ -17,14 +17,14 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_simplenet.components.backbone import create_feature_extractor, default_layers, freeze
-from anomalib_simplenet.components.feature_scale import FeatureMoments
+from anomalib_simplenet.components.feature_scale import batch_scale
 from anomalib_simplenet.components.patch_features import PatchAggregator
 
 from .anomaly_map import AnomalyMapGenerator
 
 
-# σ as a fraction of the features' scale. Chosen on magnetic_tile's validation loss/separation with
-# efficientnet_lite0 (see README, SimpleNet defaults); 1/450 of the scale (lite0 at the official 0.015) learns nothing.
+# σ as a fraction of the features' scale: a sizeable fraction, where lite0 at the official 0.015 (1/200 of its
+# scale) learns nothing. Not yet swept on validation data: it rests on the demo and the synthetic-data test.
 DEFAULT_RELATIVE_NOISE_STD = 0.2
 MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
 
@@ -93,7 +93,9 @@ class AnomalyFeatureGenerator(nn.Module):
     scale is a buffer (saved in checkpoints, unused at inference); it is 0 until measured.
     """
 
-    def __init__(self, noise_std: float | None = None, relative_noise_std: float = 0.2) -> None:
+    def __init__(
+        self, noise_std: float | None = None, relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD
+    ) -> None:
         super().__init__()
         if noise_std is not None and noise_std <= 0:
             msg = f"noise_std must be > 0 (or None for noise relative to the feature scale), got {noise_std}"
@@ -197,8 +199,8 @@ class SimpleNetModel(nn.Module):
         if channels_last:
             self.feature_extractor.to(memory_format=torch.channels_last)
         channels = self.feature_extractor.feature_info.channels()
-        pretrain_embed_dim = pretrain_embed_dim or default_embed_dim(channels)
-        target_embed_dim = target_embed_dim or default_embed_dim(channels)
+        pretrain_embed_dim = default_embed_dim(channels) if pretrain_embed_dim is None else pretrain_embed_dim
+        target_embed_dim = default_embed_dim(channels) if target_embed_dim is None else target_embed_dim
         self.aggregator = PatchAggregator(channels, patch_size, pretrain_embed_dim, target_embed_dim)
         self.adapter = FeatureAdapter(target_embed_dim, adapter_layers)
         self.discriminator = Discriminator(target_embed_dim, discriminator_hidden, discriminator_layers)
@@ -268,8 +270,9 @@ class SimpleNetModel(nn.Module):
         """
         noise_source = self.noise_generator
         if noise_source.relative and not noise_source.measured:
-            # Used outside SimpleNet's fit (which measures the whole training set first): this batch's scale.
-            noise_source.set_feature_scale(FeatureMoments.of(features).scale())
+            # Used outside SimpleNet's fit (which measures the whole training set first): this batch's scale,
+            # on this process alone (no collective that other ranks might never reach).
+            noise_source.set_feature_scale(batch_scale(features))
         hidden_in = self._pre_adapter(features)
         weight, bias, first = self._fused_linear()
         # Noise in adapted-feature space (N, D, h, w), the same draw as ``adapted + noise`` would take.
