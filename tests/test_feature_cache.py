@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib.engine import Engine
+from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from torchvision.transforms import v2
 
@@ -48,11 +49,23 @@ def _fit(root: Path, tmp: Path, feature_cache: bool | str, epochs: int = 3) -> t
 
 
 def test_cached_training_has_the_same_loss_curve(synthetic_root: Path, tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """Shuffled batches, fresh noise each step: the loss sequence with the cache equals the one without."""
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shuffled batches, fresh noise each step: the loss sequence with the cache equals the one without, and
+    cached batches skip the pre-processor's resize (their images are never read)."""
     caplog.set_level(logging.INFO, logger=LOGGER)
+    transformed: list[int] = []
+    resize = PreProcessor.on_train_batch_start
+
+    def counting(self, trainer, pl_module, batch, batch_idx) -> None:
+        transformed.append(batch_idx)
+        resize(self, trainer, pl_module, batch, batch_idx)
+
+    monkeypatch.setattr(PreProcessor, "on_train_batch_start", counting)
     cached_model, cached = _fit(synthetic_root, tmp_path / "cached", "memory")
+    assert transformed == []
     plain_model, plain = _fit(synthetic_root, tmp_path / "plain", False)
+    assert len(transformed) == 6
     assert len(cached) == len(plain) == 6  # 16 images, batch 8, 3 epochs
     torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-4, atol=1e-5)
     assert len(set(cached)) == len(cached), "noise must be drawn fresh every step"

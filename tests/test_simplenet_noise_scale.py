@@ -50,13 +50,18 @@ def test_noise_follows_the_feature_scale() -> None:
 
 
 def test_defaults_follow_the_backbone() -> None:
-    """Stride-8/16 stages and min(1536, Σ channels): lite0 152-d, wide_resnet50_2 the official 1536-d."""
+    """Stride-8/16 stages, min(1536, Σ channels) features and a min(1024, D) discriminator: lite0 152-d with 152
+    hidden units, wide_resnet50_2 the official 1536-d with 1024."""
     lite = SimpleNetModel(backbone="efficientnet_lite0", pre_trained=False)
     assert list(lite.feature_extractor.feature_info.module_name()) == ["blocks.2", "blocks.4"]
     assert lite.aggregator.out_channels == 152 and lite.adapter[0].in_channels == 152
+    assert lite.discriminator[0].out_channels == 152
     wide = SimpleNetModel(backbone="wide_resnet50_2", pre_trained=False, noise_std=0.015)
     assert list(wide.feature_extractor.feature_info.module_name()) == ["layer2", "layer3"]
     assert wide.aggregator.out_channels == 1536 and wide.aggregator.fused
+    assert wide.discriminator[0].out_channels == 1024
+    with pytest.raises(ValueError, match="discriminator_hidden"):
+        SimpleNetModel(backbone="efficientnet_lite0", pre_trained=False, discriminator_hidden=0)
     assert wide.noise_generator.sigma() == 0.015 and not wide.noise_generator.relative
     assert lite.noise_generator.relative
 

@@ -15,8 +15,8 @@ from anomalib_simplenet import SimpleNet
 
 from .conftest import mvtec_datamodule
 
-PIXEL_BOUND_SYNTHETIC = 0.90  # measured 0.955
-PIXEL_BOUND_MAGNETIC_TILE = 0.60  # measured 0.663 (chance: 0.5)
+PIXEL_BOUND_SYNTHETIC = 0.90  # measured 0.937
+PIXEL_BOUND_MAGNETIC_TILE = 0.65  # measured 0.735 (chance: 0.5)
 
 
 def _fit_and_test(root: Path, category: str, tmp_path: Path, image_size: int, epochs: int) -> dict[str, float]:
@@ -32,15 +32,15 @@ def _fit_and_test(root: Path, category: str, tmp_path: Path, image_size: int, ep
 
 
 def test_localises_synthetic_defects(synthetic_root: Path, tmp_path: Path) -> None:
-    """Measured (16 train images in batches of 2, 128 px, 6 epochs): image AUROC 1.000, pixel AUROC 0.955."""
-    metrics = _fit_and_test(synthetic_root, "synthetic", tmp_path, image_size=128, epochs=6)
+    """Measured (16 train images in batches of 2, 128 px, 10 epochs): image AUROC 1.000, pixel AUROC 0.937."""
+    metrics = _fit_and_test(synthetic_root, "synthetic", tmp_path, image_size=128, epochs=10)
     assert metrics["pixel_AUROC"] > PIXEL_BOUND_SYNTHETIC
     assert metrics["image_AUROC"] > 0.9
 
 
 def test_localises_magnetic_tile_defects(magnetic_tile_subset: Path, tmp_path: Path) -> None:
     """Measured (24 train images in batches of 2, 256 px, 20 epochs; 8 validation and 8 test images): pixel AUROC
-    0.663 (image AUROC 0.44 on 8 test images: too few training images for image-level detection here)."""
+    0.735 (image AUROC 0.75 on 8 test images: too few to read much into)."""
     metrics = _fit_and_test(magnetic_tile_subset, "magnetic_tile", tmp_path, image_size=256, epochs=20)
     assert metrics["pixel_AUROC"] > PIXEL_BOUND_MAGNETIC_TILE
 

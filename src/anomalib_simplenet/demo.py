@@ -19,7 +19,7 @@ import torch
 from anomalib_simplenet.components.weights_option import add_weights_argument
 
 logger = logging.getLogger(__name__)
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 10
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -258,6 +258,10 @@ class TrainingFeatureCache:
             self.cache.clear()
         self.cache = None
 
+    def holds(self, keys: Sequence[str] | None) -> bool:
+        """True when the features of every one of ``keys`` are cached: that batch's images will not be read."""
+        return self.cache is not None and keys is not None and all(key in self.cache for key in keys)
+
     def __call__(self, images: torch.Tensor, keys: Sequence[str] | None) -> torch.Tensor:
         """Features ``(N, D, h, w)`` of ``images`` ``(N, 3, H, W)`` whose paths are ``keys``."""
         if self.cache is not None and keys is None:

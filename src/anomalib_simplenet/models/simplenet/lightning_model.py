@@ -50,7 +50,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             ``wide_resnet50_2``, 152 for ``efficientnet_lite0``).
         adapter_layers: number of feature-adapter layers.
         discriminator_layers: number of discriminator layers.
-        discriminator_hidden: discriminator hidden width.
+        discriminator_hidden: discriminator hidden width; default ``min(1024, D)`` (the official 1024 for
+            ``wide_resnet50_2``'s 1536-long features, never wider than the features).
         noise_std: absolute σ of the Gaussian noise that makes synthetic anomalous features (the official code:
             0.015, tuned for ``wide_resnet50_2``); it wins over ``relative_noise_std``. Default ``None``: relative.
         relative_noise_std: σ as a fraction of the training features' scale (``sqrt(mean_c Var_c)``, measured
@@ -86,7 +87,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         target_embed_dim: int | None = None,
         adapter_layers: int = 1,
         discriminator_layers: int = 2,
-        discriminator_hidden: int = 1024,
+        discriminator_hidden: int | None = None,
         noise_std: float | None = None,
         relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD,
         margin: float = 0.5,
@@ -183,6 +184,11 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         self.log("p_normal", p_normal, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("p_noised", p_noised, on_epoch=True, prog_bar=True, batch_size=size)
         return {"loss": loss.detach()}
+
+    def needs_train_images(self, batch: Batch) -> bool:
+        """False when every image of ``batch`` has its features in the training cache (its pre-processing is
+        then skipped by the pre-processor)."""
+        return not self.training_features.holds(batch.image_path)
 
     def on_train_epoch_start(self) -> None:
         """Start collecting this epoch's p_normal / p_noised."""

@@ -24,14 +24,25 @@ from .anomaly_map import AnomalyMapGenerator
 
 
 # σ as a fraction of the features' scale: a sizeable fraction, where lite0 at the official 0.015 (1/200 of its
-# scale) learns nothing. Not yet swept on validation data: it rests on the demo and the synthetic-data test.
-DEFAULT_RELATIVE_NOISE_STD = 0.2
+# scale) learns nothing. 0.4 had the best mean validation image AUROC of 0.2 / 0.4 / 0.8 over magnetic_tile,
+# elpv_mono and elpv_poly with EfficientNet-Lite0 (benchmarks/simplenet_sweep.py); no test image was read.
+DEFAULT_RELATIVE_NOISE_STD = 0.4
 MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
+MAX_DISCRIMINATOR_HIDDEN = 1024  # the official width, for 1536-long features
 
 
 def default_embed_dim(channels: Sequence[int]) -> int:
     """``min(1536, Σ channels)``: the official width for wide ResNets, no channel replication for small nets."""
     return min(MAX_EMBED_DIM, sum(channels))
+
+
+def default_discriminator_hidden(embed_dim: int) -> int:
+    """``min(1024, D)``: the official 1024 for 1536-long features, never wider than the features themselves.
+
+    The discriminator is the whole cost of a cached epoch; 1024 hidden units on 152-long lite0 features cost ~7×
+    the arithmetic of 152 for no measurable gain (benchmarks/simplenet_sweep.py).
+    """
+    return min(MAX_DISCRIMINATOR_HIDDEN, embed_dim)
 
 
 def _tracing() -> bool:
@@ -73,6 +84,9 @@ class Discriminator(nn.Sequential):
     def __init__(self, channels: int, hidden: int = 1024, num_layers: int = 2) -> None:
         if num_layers < 1:
             msg = f"discriminator_layers must be >= 1, got {num_layers}"
+            raise ValueError(msg)
+        if hidden < 1:
+            msg = f"discriminator_hidden must be >= 1, got {hidden}"
             raise ValueError(msg)
         layers: list[nn.Module] = []
         width = channels
@@ -163,7 +177,8 @@ class SimpleNetModel(nn.Module):
             backbone's channels are never replicated by pooling up).
         adapter_layers: number of adapter layers.
         discriminator_layers: number of discriminator layers (including the output layer).
-        discriminator_hidden: hidden width of the discriminator.
+        discriminator_hidden: hidden width of the discriminator; ``None``: ``min(1024, D)`` (1024 for
+            ``wide_resnet50_2``, 152 for ``efficientnet_lite0``).
         noise_std: absolute σ of the Gaussian feature noise (the official code: 0.015); ``None``: relative.
         relative_noise_std: σ as a fraction of the training features' scale when ``noise_std`` is ``None``.
         anomaly_map_sigma: σ of the Gaussian smoothing of the upsampled score map.
@@ -187,7 +202,7 @@ class SimpleNetModel(nn.Module):
         target_embed_dim: int | None = None,
         adapter_layers: int = 1,
         discriminator_layers: int = 2,
-        discriminator_hidden: int = 1024,
+        discriminator_hidden: int | None = None,
         noise_std: float | None = None,
         relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD,
         anomaly_map_sigma: float = 4.0,
@@ -203,6 +218,8 @@ class SimpleNetModel(nn.Module):
         target_embed_dim = default_embed_dim(channels) if target_embed_dim is None else target_embed_dim
         self.aggregator = PatchAggregator(channels, patch_size, pretrain_embed_dim, target_embed_dim)
         self.adapter = FeatureAdapter(target_embed_dim, adapter_layers)
+        if discriminator_hidden is None:
+            discriminator_hidden = default_discriminator_hidden(target_embed_dim)
         self.discriminator = Discriminator(target_embed_dim, discriminator_hidden, discriminator_layers)
         self.noise_generator = AnomalyFeatureGenerator(noise_std, relative_noise_std)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=anomaly_map_sigma)

@@ -1,0 +1,216 @@
+"""SimpleNet's relative noise σ, discriminator width and epoch count, chosen on validation images of several categories.
+
+    nice -n 10 .venv/bin/python benchmarks/simplenet_sweep.py --categories magnetic_tile elpv_mono elpv_poly
+
+Per category, the frozen features (SimpleNet's own ``extract_features``: backbone, layers, embedding and input size
+as SimpleNet's defaults give them) of the training images and of the *validation* images are computed once: the
+seeded half of the test folder that ``benchmarks/accuracy.py`` and the study validate on
+(``val_split_mode="from_test"``, seed 0). The other half, the test images, is never read. Then, for every setting,
+adapter and discriminator are trained from those features as SimpleNet's fit trains them (its ``discriminate``, its
+loss, its optimisers, batches of ``--batch`` shuffled images, σ from the training features' scale), and after
+every epoch it records the validation loss (normal validation images, fixed noise: what ``EarlyStopping`` sees),
+the validation image AUROC and, where masks exist, the pixel AUROC.
+
+For reference, the same validation images are scored without training, on the same features: a Gaussian per
+feature-map location (Padim's model), one Gaussian for all locations, and the distance to the nearest of
+``--bank`` random training locations (Patchcore's score without the coreset). The first uses *where* a feature
+sits; SimpleNet's discriminator, like the other two, sees one location at a time wherever it is.
+
+Prints and writes (``sweep.md``, ``sweep.json`` in ``--output``) the curves per category and setting, the mean
+over categories per setting and epoch (the basis of the defaults, README's SimpleNet section) and the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.components.feature_scale import FeatureMoments
+from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
+from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
+from anomalib_simplenet.study.data import category_datamodule
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+VAL_NOISE_SEED = 1  # the same noise for every setting's validation loss
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--categories", nargs="+", default=["magnetic_tile", "elpv_mono", "elpv_poly"])
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--output", type=Path, default=REPO / "results" / "simplenet_sweep")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    add_weights_argument(parser)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--relative-noise", nargs="*", type=float, default=[0.2, 0.4, 0.8])
+    parser.add_argument("--hidden", nargs="+", type=int, default=[None],
+                        help="discriminator widths (default: SimpleNet's)")
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bank", type=int, default=40000,
+                        help="training locations of the nearest-neighbour reference (0: no references)")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace, **settings: Any) -> SimpleNet:
+    """SimpleNet with the sweep's backbone, weights and input size, and ``settings``."""
+    torch.manual_seed(args.seed)
+    settings = {key: value for key, value in settings.items() if value is not None}
+    return SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_kwargs("SimpleNet", args.weights),
+                     **settings)
+
+
+@torch.no_grad()
+def features_of(model: SimpleNet, loader: Any) -> dict[str, torch.Tensor]:
+    """Patch features ``(N, D, h, w)`` (float16 to halve the memory), image labels ``(N,)``, masks ``(N, H, W)``."""
+    network = model.model.eval()
+    features, labels, masks = [], [], []
+    for batch in loader:
+        features.append(network.extract_features(model.pre_processor(batch.image)).half())
+        labels.append(batch.gt_label)
+        if batch.gt_mask is not None:
+            masks.append(batch.gt_mask.bool())
+    out = {"features": torch.cat(features), "labels": torch.cat(labels).long()}
+    if masks:
+        out["masks"] = torch.cat(masks)
+    return out
+
+
+@torch.no_grad()
+def validate(model: SimpleNet, val: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, float]:
+    """Validation loss on the normal images, image AUROC, and pixel AUROC where masks exist."""
+    network = model.model.eval()
+    scores, maps = [], []
+    for start in range(0, len(val["features"]), 32):
+        prediction = network.predict(val["features"][start : start + 32].float(), size)
+        scores.append(prediction.pred_score)
+        maps.append(prediction.anomaly_map[:, 0, ::2, ::2])  # every 2nd pixel: the AUROC barely moves, 4× faster
+    normal = val["features"][val["labels"] == 0].float()
+    generator = torch.Generator().manual_seed(VAL_NOISE_SEED)
+    row = {"val_loss": float(model.loss(*network.discriminate(normal, generator=generator))),
+           "image_auroc": roc_auc_score(val["labels"].numpy(), torch.cat(scores).numpy())}
+    if "masks" in val and val["masks"].any():
+        truth = val["masks"][:, ::2, ::2].flatten().numpy()
+        row["pixel_auroc"] = roc_auc_score(truth, torch.cat(maps).flatten().numpy())
+    network.train()
+    return row
+
+
+@torch.no_grad()
+def references(train: torch.Tensor, val: dict[str, torch.Tensor], bank_size: int) -> dict[str, float]:
+    """Validation image AUROC (maximum over locations) of three untrained scores on the same features."""
+    labels = val["labels"].numpy()
+    train_maps = train.float().flatten(2).transpose(1, 2)  # (N, h·w, D)
+    val_maps = val["features"].float().flatten(2).transpose(1, 2)
+    per_location = MahalanobisDistance(train_maps.shape[2], groups=train_maps.shape[1]).fit(train_maps)
+    locations = train_maps.reshape(-1, train_maps.shape[2])
+    bank = locations[torch.randperm(len(locations), generator=torch.Generator().manual_seed(0))[:bank_size]]
+    shared = MahalanobisDistance(locations.shape[1]).fit(bank)
+    queries = val_maps.reshape(-1, val_maps.shape[2])
+    nearest = torch.cat([torch.cdist(chunk, bank).amin(dim=1) for chunk in queries.split(4096)])
+    scores = {
+        "Gaussian per location (Padim's model)": per_location(val_maps),
+        "one Gaussian for all locations": shared(queries).reshape(len(val_maps), -1),
+        f"nearest of {len(bank)} training locations": nearest.reshape(len(val_maps), -1),
+    }
+    return {name: roc_auc_score(labels, score.amax(dim=1).numpy()) for name, score in scores.items()}
+
+
+def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tensor], args: argparse.Namespace,
+                scale: torch.Tensor) -> list[dict[str, float]]:
+    """Train adapter and discriminator from cached features; one validation row per epoch."""
+    network = model.model.train()
+    if network.noise_generator.relative:
+        network.noise_generator.set_feature_scale(scale)
+    optimizers = model.configure_optimizers()
+    size = (args.image_size, args.image_size)
+    rows, start = [], time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        for indices in torch.randperm(len(train)).split(args.batch):
+            loss = model.loss(*network.discriminate(train[indices].float()))
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+        rows.append({"epoch": epoch, "train_s": round(time.perf_counter() - start, 1), **validate(model, val, size)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[str, float]]) -> str:
+    """Per category and setting, and averaged over categories: image AUROC / pixel AUROC / val loss per epoch."""
+    header = "| category | σ (relative) | hidden | " + " | ".join(str(e) for e in range(1, epochs + 1)) + " |"
+    lines = ["image AUROC / pixel AUROC / validation loss on validation images, per epoch", "", header,
+             "|---" * (epochs + 3) + "|"]
+
+    def cell(row: dict[str, float]) -> str:
+        pixel = f"{row['pixel_auroc']:.3f}" if "pixel_auroc" in row else "–"
+        return f"{row['image_auroc']:.3f} / {pixel} / {row['val_loss']:.3f}"
+
+    for run in runs:
+        lines.append(f"| {run['category']} | {run['relative_noise_std']} | {run['hidden']} | "
+                     + " | ".join(cell(row) for row in run["rows"]) + " |")
+    settings = sorted({(run["relative_noise_std"], str(run["hidden"])) for run in runs})
+    for relative, hidden in settings:
+        chosen = [run for run in runs if (run["relative_noise_std"], str(run["hidden"])) == (relative, hidden)]
+        means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
+        lines.append(f"| mean image AUROC ({len(chosen)} categories) | {relative} | {hidden} | "
+                     + " | ".join(f"{m:.3f}" for m in means) + " |")
+    if reference:
+        names = list(next(iter(reference.values())))
+        lines += ["", "Untrained scores on the same features (validation image AUROC)", "",
+                  "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {category} | " + " | ".join(f"{row[name]:.3f}" for name in names) + " |"
+                  for category, row in reference.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    runs: list[dict[str, Any]] = []
+    reference: dict[str, dict[str, float]] = {}
+    for category in args.categories:
+        data = category_datamodule(args.data_root, category, (args.image_size, args.image_size), args.batch,
+                                   args.seed)
+        data.setup()
+        extractor = build(args)
+        train = features_of(extractor, data.train_dataloader())["features"]
+        val = features_of(extractor, data.val_dataloader())
+        moments = FeatureMoments()
+        moments.update(train.float())
+        scale = moments.scale()
+        print(f"{category}: {len(train)} training, {len(val['labels'])} validation images, feature scale "
+              f"{float(scale):.4g}", flush=True)
+        if args.bank > 0:
+            reference[category] = references(train, val, args.bank)
+            print(json.dumps({category: reference[category]}), flush=True)
+        for hidden in args.hidden:
+            for relative in args.relative_noise:
+                model = build(args, relative_noise_std=relative, discriminator_hidden=hidden)
+                hidden_width = model.model.discriminator[0].out_channels
+                print(f"{category}: relative σ {relative}, discriminator width {hidden_width}", flush=True)
+                rows = train_curve(model, train, val, args, scale)
+                runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
+                             "rows": rows})
+                (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference},
+                                                                   indent=1))
+    table = markdown(runs, args.epochs, reference)
+    (args.output / "sweep.md").write_text(table + "\n")
+    print(table)
+    return runs
+
+
+if __name__ == "__main__":
+    main()
