@@ -12,8 +12,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.patch_features import PatchAggregator
+from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGenerator
 from anomalib_simplenet.models.simplenet.loss import TruncatedL1Loss
-from anomalib_simplenet.models.simplenet.torch_model import AnomalyFeatureGenerator, SimpleNetModel
+from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 
 from .conftest import TINY_SIMPLENET, mvtec_datamodule
 

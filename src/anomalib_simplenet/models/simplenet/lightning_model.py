@@ -24,9 +24,10 @@ from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_p
 from anomalib_simplenet.components.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
+from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from .loss import TruncatedL1Loss
 from .noise_scale import measure_feature_scale, noise_warning
-from .torch_model import DEFAULT_RELATIVE_NOISE_STD, SimpleNetModel
+from .torch_model import SimpleNetModel
 
 logger = logging.getLogger(__name__)
 VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise every epoch

@@ -10,7 +10,7 @@ from anomalib_simplenet.components.feature_cache import TrainingFeatureCache
 from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.components.rng_state import capture_rng_state, restore_rng_state
 
-from .torch_model import AnomalyFeatureGenerator
+from .feature_noise import AnomalyFeatureGenerator
 
 # Without a feature cache the pass is extra work: a few hundred images pin the scale to within ~1 %.
 UNCACHED_SCALE_IMAGES = 256
