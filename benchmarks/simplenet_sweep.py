@@ -36,6 +36,7 @@ from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
 from anomalib_simplenet.study.data import category_datamodule
+from anomalib_simplenet.study.evaluation import auroc
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -97,7 +98,7 @@ def validate(model: SimpleNet, val: dict[str, torch.Tensor], size: tuple[int, in
     normal = val["features"][val["labels"] == 0].float()
     generator = torch.Generator().manual_seed(VAL_NOISE_SEED)
     row = {"val_loss": float(model.loss(*network.discriminate(normal, generator=generator))),
-           "image_auroc": roc_auc_score(val["labels"].numpy(), torch.cat(scores).numpy())}
+           "image_auroc": auroc(val["labels"].numpy(), torch.cat(scores).numpy())}
     if "masks" in val and val["masks"].any():
         truth = val["masks"][:, ::2, ::2].flatten().numpy()
         row["pixel_auroc"] = roc_auc_score(truth, torch.cat(maps).flatten().numpy())
@@ -122,7 +123,7 @@ def references(train: torch.Tensor, val: dict[str, torch.Tensor], bank_size: int
         "one Gaussian for all locations": shared(queries).reshape(len(val_maps), -1),
         f"nearest of {len(bank)} training locations": nearest.reshape(len(val_maps), -1),
     }
-    return {name: roc_auc_score(labels, score.amax(dim=1).numpy()) for name, score in scores.items()}
+    return {name: auroc(labels, score.amax(dim=1).numpy()) for name, score in scores.items()}
 
 
 def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tensor], args: argparse.Namespace,
