@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         extractor = build(args)
         train = features_of(extractor, data.train_dataloader())["features"]
         val = features_of(extractor, data.val_dataloader())
-        moments = FeatureMoments()
-        moments.update(train.float())
-        scale = moments.scale()
+        scale = FeatureMoments.of(train).scale()
         print(f"{category}: {len(train)} training, {len(val['labels'])} validation images, feature scale "
               f"{float(scale):.4g}", flush=True)
         if args.bank > 0:
