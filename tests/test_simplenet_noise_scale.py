@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -67,14 +68,20 @@ def test_defaults_follow_the_backbone() -> None:
     assert lite.noise_generator.relative
 
 
-def test_fit_measures_the_scale_on_training_features_and_saves_it(synthetic_root: Path, tmp_path: Path) -> None:
-    """The scale is that of all training images' features (the cache's first pass) and is in the checkpoint."""
+def test_fit_measures_the_scale_on_training_features_and_saves_it(synthetic_root: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The scale is that of all training images' features (the cache's first pass) and is in the checkpoint; the
+    first epoch's p_normal / p_noised (what the learns-nothing check reads) are logged."""
+    caplog.set_level(logging.INFO, logger="anomalib_simplenet.models.simplenet.lightning_model")
     torch.manual_seed(0)
     model = SimpleNet(**TINY_SIMPLENET)
     datamodule = mvtec_datamodule(synthetic_root, "synthetic")
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     accelerator="cpu")  # fmt: skip
     engine.fit(model, datamodule=datamodule)
+    metrics = engine.trainer.callback_metrics
+    assert (f"First epoch: p_normal {float(metrics['p_normal_epoch']):.3f}, "
+            f"p_noised {float(metrics['p_noised_epoch']):.3f}.") in caplog.text
     moments = FeatureMoments()
     model.eval()
     for batch in datamodule.train_dataloader():

@@ -180,7 +180,6 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         # Fractions of locations already past the margin: the official code's p_true / p_fake.
         p_normal = (normal_scores >= margin).float().mean()
         p_noised = (noised_scores <= -margin).float().mean()
-        self._epoch_fractions.append(torch.stack([p_normal, p_noised]).detach())
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, batch_size=size)
         self.log("p_normal", p_normal, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("p_noised", p_noised, on_epoch=True, prog_bar=True, batch_size=size)
@@ -191,14 +190,11 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         then skipped by the pre-processor)."""
         return not self.training_features.holds(batch.image_path)
 
-    def on_train_epoch_start(self) -> None:
-        """Start collecting this epoch's p_normal / p_noised."""
-        self._epoch_fractions: list[torch.Tensor] = []
-
     def on_train_epoch_end(self) -> None:
         """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
-        if self.current_epoch == 0 and self._epoch_fractions:
-            p_normal, p_noised = torch.stack(self._epoch_fractions).mean(dim=0).tolist()
+        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged
+        if self.current_epoch == 0 and "p_normal_epoch" in metrics:
+            p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
             logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
             warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
             if warning:
