@@ -8,19 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from anomalib.data.datasets.base import image as image_dataset
 from anomalib.engine import Engine
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch import Callback
 from torchvision.transforms import v2
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.feature_cache import (
-    FeatureCache,
-    TrainingFeatureCache,
-    cache_mode,
-    random_steps,
-    uncacheable_reason,
-)
+from anomalib_simplenet.components.feature_cache import FeatureCache, TrainingFeatureCache, cache_mode
+from anomalib_simplenet.components.training_data import random_steps, read_only_uncached_images, uncacheable_reason
 from anomalib_simplenet.components.resize import AntialiasedResize
 
 from .conftest import TINY_SIMPLENET, mvtec_datamodule
@@ -52,20 +48,30 @@ def test_cached_training_has_the_same_loss_curve(synthetic_root: Path, tmp_path:
                                                  caplog: pytest.LogCaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Shuffled batches, fresh noise each step: the loss sequence with the cache equals the one without, and
-    cached batches skip the pre-processor's resize (their images are never read)."""
+    cached batches neither read their image files nor go through the pre-processor's resize."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     transformed: list[int] = []
     resize = PreProcessor.on_train_batch_start
+    read_files: list[str] = []
+    read = image_dataset.read_image
 
     def counting(self, trainer, pl_module, batch, batch_idx) -> None:
         transformed.append(batch_idx)
         resize(self, trainer, pl_module, batch, batch_idx)
 
+    def counting_read(path, *args, **kwargs):
+        read_files.append(str(path))
+        return read(path, *args, **kwargs)
+
     monkeypatch.setattr(PreProcessor, "on_train_batch_start", counting)
+    monkeypatch.setattr(image_dataset, "read_image", counting_read)
     cached_model, cached = _fit(synthetic_root, tmp_path / "cached", "memory")
     assert transformed == []
+    assert len(read_files) == len(set(read_files)) == 16, "only the first pass reads the 16 training images"
+    read_files.clear()
     plain_model, plain = _fit(synthetic_root, tmp_path / "plain", False)
     assert len(transformed) == 6
+    assert len(read_files) == 16 + 48, "without a cache every epoch reads every image"
     assert len(cached) == len(plain) == 6  # 16 images, batch 8, 3 epochs
     torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-4, atol=1e-5)
     assert len(set(cached)) == len(cached), "noise must be drawn fresh every step"
@@ -175,6 +181,43 @@ def test_deterministic_transform_detection() -> None:
     assert random_steps(None) == []
     assert random_steps(v2.Compose([deterministic, v2.ColorJitter(0.1), v2.Lambda(lambda x: x)])) == [
         "ColorJitter", "Lambda"]
+
+
+def test_loader_skips_only_the_files_of_cached_images(synthetic_root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached images come as stand-ins with their own path and label; the others are read; undo reads all."""
+    datamodule = mvtec_datamodule(synthetic_root, "synthetic", image_batch=4)
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    dataset = loader.dataset
+    paths = list(dataset.samples.image_path)
+    read_files: list[str] = []
+    read = image_dataset.read_image
+    monkeypatch.setattr(image_dataset, "read_image", lambda path, *a, **k: read_files.append(path) or read(path, *a, **k))
+    training = TrainingFeatureCache(lambda images: images, mode="memory")
+    training.cache = FeatureCache(2**20)
+    training.cache.put(paths[:12], torch.zeros(12, 2, 1, 1))
+    assert training.skip_cached_images(loader)
+    assert not training.skip_cached_images(loader), "installed once"
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=loader.collate_fn))
+    assert sorted(read_files) == sorted(paths[12:]), "exactly the uncached images are read"
+    assert [path for batch in batches for path in batch.image_path] == paths
+    assert all(int(label) == 0 for batch in batches for label in batch.gt_label)
+    assert batches[0].image.shape == (4, 3, 1, 1)  # a cached batch: stand-ins, nothing decoded
+    assert batches[-1].image.shape[-2:] == dataset[len(paths) - 1].image.shape[-2:]  # an uncached batch: real images
+    read_files.clear()
+    training.stop()
+    assert "__getitems__" not in vars(dataset)
+    [dataset[i] for i in range(4)]
+    assert len(read_files) == 4
+
+    class OwnReading(type(dataset)):
+        def __getitem__(self, index):  # a dataset that reads its items its own way is left alone
+            return super().__getitem__(index)
+
+    dataset.__class__ = OwnReading
+    assert read_only_uncached_images(loader, paths) is None
+    assert read_only_uncached_images(object(), paths) is None
 
 
 def test_cache_arguments_are_checked() -> None:

@@ -264,6 +264,9 @@ def test_odd_size_fit_with_a_last_batch_of_one(name: str, tmp_path: Path) -> Non
     shapes = BatchShapes()
     model = make_model(name, image_size=(50, 72))
     engine(tmp_path / "run", callbacks=[shapes]).fit(model, datamodule=datamodule(root, batch=4))
-    assert shapes.shapes == [(4, 3, 50, 72), (1, 3, 50, 72)]
+    # SimpleNet trains from its feature cache, filled before the first epoch: its loader then skips the image
+    # files and hands over 1×1 stand-ins (the features come from the cache, keyed by path).
+    image_size = (1, 1) if name == "simplenet" else (50, 72)
+    assert shapes.shapes == [(4, 3, *image_size), (1, 3, *image_size)]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -7,9 +7,8 @@ draws them. Everything random in the training step (noise, dropout) still runs e
 process caches its own shard (fixed for the fit by :class:`~.distributed.FixedShardSampler`); a shared
 ``directory`` gets one sub-folder per rank, so no rank reads another's files.
 
-:func:`uncacheable_reason` tells whether training data is deterministic (anomalib 2.x: the train dataset's
-``augmentations``, which the datamodule sets from ``train_augmentations``/``augmentations`` plus the model's
-resize, and the model pre-processor's transform); :class:`FeatureCache` is the bounded store.
+:func:`~.training_data.uncacheable_reason` tells whether training data is deterministic;
+:class:`FeatureCache` is the bounded store; :class:`TrainingFeatureCache` serves a fit.
 """
 
 from __future__ import annotations
@@ -23,76 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
-from torchvision.transforms import v2
 
 from .distributed import rank_directory
+from .training_data import read_only_uncached_images, train_set_size, uncacheable_reason
 
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
-
-# Transforms that give the same output for the same input every time (torchvision v2). Anything else,
-# including Lambda and unknown classes, counts as random: a wrong "deterministic" would silently train on
-# stale features, a wrong "random" only costs speed.
-DETERMINISTIC_TRANSFORMS: tuple[type, ...] = (
-    v2.Resize,  # also anomalib_simplenet's AntialiasedResize (a subclass)
-    v2.Normalize,
-    v2.CenterCrop,
-    v2.Pad,
-    v2.Grayscale,
-    v2.RGB,
-    v2.ToDtype,
-    v2.ToImage,
-    v2.ToPureTensor,
-    v2.Identity,
-)
-
-
-def random_steps(transform: Any) -> list[str]:
-    """Names of the steps of ``transform`` that are not known to be deterministic (``[]`` for ``None``)."""
-    if transform is None:
-        return []
-    if isinstance(transform, v2.Compose):
-        return [name for step in transform.transforms for name in random_steps(step)]
-    if isinstance(transform, DETERMINISTIC_TRANSFORMS):
-        return []
-    return [type(transform).__name__]
-
-
-def uncacheable_reason(trainer: Any, pre_processor: Any = None) -> str | None:
-    """Why the training features cannot be cached for ``trainer``'s fit, or ``None`` when they can.
-
-    Looks at the train dataset's ``augmentations`` (anomalib datasets), the datamodule's
-    ``train_augmentations`` and the pre-processor's ``transform``; data whose augmentation cannot be
-    inspected is treated as augmented.
-    """
-    datamodule = getattr(trainer, "datamodule", None)
-    dataset = getattr(datamodule, "train_data", None)
-    if dataset is None:
-        dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
-    if dataset is None or not hasattr(dataset, "augmentations"):
-        return "cannot tell whether the training data is augmented (not an anomalib dataset)"
-    steps = random_steps(dataset.augmentations) + random_steps(getattr(datamodule, "train_augmentations", None))
-    if steps:
-        return f"training augmentations are on ({', '.join(sorted(set(steps)))})"
-    steps = random_steps(getattr(pre_processor, "transform", None))
-    if steps:
-        return f"the pre-processor transform may be random ({', '.join(sorted(set(steps)))})"
-    return None
-
-
-def train_set_size(trainer: Any) -> int | None:
-    """Number of training images this process sees: its shard under DDP, else the whole dataset."""
-    loader = getattr(trainer, "train_dataloader", None)
-    sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, DistributedSampler):
-        return len(sampler)
-    dataset = getattr(loader, "dataset", None)
-    try:
-        return len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 class FeatureCache:
@@ -131,6 +67,10 @@ class FeatureCache:
 
     def __contains__(self, key: str) -> bool:
         return key in self._files or key in self._memory
+
+    def keys(self) -> list[str]:
+        """The keys of the cached entries."""
+        return list(self._files if self.directory is not None else self._memory)
 
     def fits(self, count: int, entry_bytes: int) -> bool:
         """Whether ``count`` entries of ``entry_bytes`` each stay within the bound."""
@@ -217,6 +157,7 @@ class TrainingFeatureCache:
         self._full_reported = False
         self.computed_images = 0  # images that went through the extractor since start()
         self.served_images = 0  # images served from the cache since start()
+        self._read_images_again: Callable[[], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -253,10 +194,25 @@ class TrainingFeatureCache:
         )
 
     def stop(self) -> None:
-        """Free the cache (memory or files)."""
+        """Free the cache (memory or files); the training loader reads every image again."""
+        if self._read_images_again is not None:
+            self._read_images_again()
+            self._read_images_again = None
         if self.cache is not None:
             self.cache.clear()
         self.cache = None
+
+    def skip_cached_images(self, loader: Any) -> bool:
+        """Let ``loader`` skip reading the image files whose features are cached, until :meth:`stop`.
+
+        Call it once the cache is filled (a partly filled cache still reads the other images). ``False`` when
+        the loader's dataset is not one whose reading can be skipped (see
+        :func:`~.training_data.read_only_uncached_images`) or nothing is cached.
+        """
+        if self.cache is None or len(self.cache) == 0 or self._read_images_again is not None:
+            return False
+        self._read_images_again = read_only_uncached_images(loader, self.cache.keys())
+        return self._read_images_again is not None
 
     def holds(self, keys: Sequence[str] | None) -> bool:
         """True when the features of every one of ``keys`` are cached: that batch's images will not be read."""

@@ -68,7 +68,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             curve is the same). ``"auto"``/``True``/``"memory"``: CPU memory; ``"disk"``: files in
             ``feature_cache_dir``; ``False``/``"off"``: recompute every step. It falls back to recomputing, with
             a log message, when training augmentations are on or the training set's features would exceed
-            ``feature_cache_max_gb`` (``wide_resnet50_2`` at 288 px: 8 MB per image). While fitting, the
+            ``feature_cache_max_gb`` (``wide_resnet50_2`` at 288 px: 8 MB per image). Training batches served
+            from the cache carry 3×1×1 stand-in images (their files are not read); ``False`` keeps real images
+            for callbacks that look at them. While fitting, the
             validation images' features are cached the same way (a second cache of the same bound).
         feature_cache_max_gb: bound of the cache in GiB.
         feature_cache_dir: folder for ``feature_cache="disk"`` (default: a temporary folder, removed after fit).
@@ -214,6 +216,10 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
                 float(scale), images, self.model.noise_generator.relative_noise_std, float(scale),
                 float(self.model.noise_generator.sigma()),
             )
+
+    def on_train_epoch_start(self) -> None:
+        """Once every training image's features are cached, the training loader stops reading the image files."""
+        self.training_features.skip_cached_images(self.trainer.train_dataloader)
 
     def on_fit_end(self) -> None:
         """Free the feature caches: they only serve one fit."""
