@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from anomalib_simplenet.study import cli
@@ -132,6 +133,19 @@ def test_teacher_reference_scores_a_changed_image_higher() -> None:
     assert (output.pred_score[2:] > output.pred_score[:2].max()).all()
     corner, centre = output.anomaly_map[2, 0, :8, :8].mean(), output.anomaly_map[2, 0, 26:34, 26:34].mean()
     assert centre > corner
+
+
+def test_teacher_reference_holds_and_runs_only_the_blocks_its_levels_need() -> None:
+    """EfficientNet up to stride 8 (level 2): 3 of 7 blocks, the same feature maps as the whole network's."""
+    torch.manual_seed(0)
+    model = TeacherMahalanobisModel("efficientnet_lite0", [2], (64, 64), pre_trained=False).eval()
+    assert len(model.network.blocks) == 3
+    whole = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=[2]).eval()
+    whole.load_state_dict(model.network.state_dict(), strict=False)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(images)[0], whole(images)[0])
+    assert sum(p.numel() for p in model.network.parameters()) < sum(p.numel() for p in whole.parameters()) / 5
 
 
 def test_thresholds_are_fixed_on_validation_and_report_false_alarms() -> None:

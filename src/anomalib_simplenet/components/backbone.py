@@ -220,10 +220,10 @@ def create_feature_extractor(
     """
     out_indices = layer_indices(backbone, layers)
     network = create_network(backbone, pre_trained, weights_path, features_only=True, out_indices=out_indices)
-    return _drop_blocks_after_deepest(network)
+    return drop_blocks_after_deepest(network)
 
 
-def _drop_blocks_after_deepest(network: nn.Module) -> nn.Module:
+def drop_blocks_after_deepest(network: nn.Module) -> nn.Module:
     """Remove the blocks after the deepest requested one from a timm EfficientNet/MobileNet feature network.
 
     timm truncates ResNet-style feature networks, but its EfficientNet feature wrapper keeps and runs every

@@ -21,7 +21,12 @@ from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
-from anomalib_simplenet.components.backbone import create_network, freeze, weights_source
+from anomalib_simplenet.components.backbone import (
+    create_network,
+    drop_blocks_after_deepest,
+    freeze,
+    weights_source,
+)
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
 from anomalib_simplenet.deploy import QuantizationFixesMixin
@@ -58,7 +63,9 @@ class TeacherMahalanobisModel(nn.Module):
             msg = f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}"
             raise ValueError(msg)
         levels = sorted(set(int(level) for level in levels))
-        self.network = freeze(create_network(backbone, pre_trained, features_only=True, out_indices=levels))
+        # Without the blocks after the deepest level: they would be run (EfficientNet) and counted in the cost.
+        network = create_network(backbone, pre_trained, features_only=True, out_indices=levels)
+        self.network = freeze(drop_blocks_after_deepest(network))
         self.weights_source = weights_source(self.network)
         self.image_score = image_score
         with torch.no_grad():
