@@ -77,7 +77,9 @@ class MahalanobisDistance(nn.Module):
         squeeze = embeddings.dim() == 2
         if squeeze:
             embeddings = embeddings[:, None]
-        delta = embeddings - self.mean
-        squared = torch.einsum("ngd,gde,nge->ng", delta, self.precision, delta)
+        delta = (embeddings - self.mean).transpose(0, 1)  # (G, N, D)
+        # A batched MatMul rather than einsum: OpenVINO runs an exported three-operand Einsum ~7x slower (per-location
+        # Gaussians of a 128 px student: ~26 ms of its ~28 ms per image), torch runs both alike.
+        squared = (torch.matmul(delta, self.precision) * delta).sum(dim=-1).transpose(0, 1)
         distance = squared.clamp_min(0).sqrt()
         return distance[:, 0] if squeeze else distance
