@@ -207,3 +207,13 @@ def test_outcome_says_not_measured_when_a_model_is_missing() -> None:
     assert gap["met"] is None and gap["value"] is None and "not run" in gap["detail"]
     assert checks["CPU latency ratio teacher / distilled (torch FP32, batch 1, median)"]["met"] is None
     assert checks["INT8_PTQ of the best model"]["met"] is None
+
+
+def test_data_note_says_whether_a_real_category_was_subsampled(synthetic_root: Path, tmp_path: Path) -> None:
+    from anomalib_simplenet.study.data import prepare_categories
+
+    _, notes = prepare_categories(synthetic_root, ["synthetic"], tmp_path / "all", None, None)
+    assert notes == [f"synthetic: {synthetic_root / 'synthetic'} (all training images, all test images)"]
+    _, notes = prepare_categories(synthetic_root, ["synthetic"], tmp_path / "some", 8, 6)
+    assert notes == [f"synthetic: {synthetic_root / 'synthetic'} (≤8 training images, ≤2 test images per sub-folder)"]
+    assert len(list((tmp_path / "some" / "synthetic" / "train" / "good").iterdir())) == 8

@@ -42,7 +42,9 @@ def prepare_categories(
             folders = [p for p in (origin / "test").iterdir() if p.is_dir()]
             share = None if max_test is None else max(1, max_test // max(1, len(folders)))
             make_subset(origin, target / category, max_train, test_good=share, test_defects=share)
-            notes.append(f"{category}: subset of {origin} (≤{max_train} train, ≤{share} per test folder)")
+            train = "all" if max_train is None else f"≤{max_train}"
+            test = "all test images" if share is None else f"≤{share} test images per sub-folder"
+            notes.append(f"{category}: {origin} ({train} training images, {test})")
         else:
             n_train = max_train or 60
             per_folder = max(2, (max_test or 30) // 3)
