@@ -218,7 +218,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             )
 
     def on_train_epoch_start(self) -> None:
-        """Once every training image's features are cached, the training loader stops reading the image files."""
+        """From the first epoch after the training features are cached (at the start of fit, or in the first
+        epoch with an absolute ``noise_std``), the training loader stops reading the cached images' files."""
         self.training_features.skip_cached_images(self.trainer.train_dataloader)
 
     def on_fit_end(self) -> None:
