@@ -26,7 +26,7 @@ from anomalib_simplenet.components.size_checks import check_input_size
 from ..plugin_module import PluginModuleMixin
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from .loss import TruncatedL1Loss
-from .noise_scale import measure_feature_scale, noise_warning
+from .noise_scale import LearnsNothingCheck, measure_feature_scale
 from .torch_model import SimpleNetModel
 
 logger = logging.getLogger(__name__)
@@ -193,17 +193,26 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         return not self.training_features.holds(batch.image_path)
 
     def on_train_epoch_end(self) -> None:
-        """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
-        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged
-        if self.current_epoch == 0 and "p_normal_epoch" in metrics:
-            p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
-            logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
-            warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
-            if warning:
-                logger.warning(warning)
+        """Warn when the epoch's statistics show the signature of noise too small to learn from (validation,
+        when due this epoch, has run before this hook)."""
+        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged, and val_loss
+        if "p_normal_epoch" not in metrics:
+            return
+        p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
+        train_loss = float(metrics["train_loss_epoch"])
+        if self.current_epoch == 0:
+            logger.info("First epoch: p_normal %.3f, p_noised %.3f, loss %.3f.", p_normal, p_noised, train_loss)
+        validated = self._validations > self._validations_checked and "val_loss" in metrics
+        self._validations_checked = self._validations
+        val_loss = float(metrics["val_loss"]) if validated else None
+        warning = self._learns_nothing.after_epoch(self.current_epoch, p_normal, p_noised, train_loss, val_loss)
+        if warning:
+            logger.warning(warning)
 
     def on_train_start(self) -> None:
         """Decide whether this fit trains from the feature cache (logs why not); measure the feature scale."""
+        self._learns_nothing = LearnsNothingCheck(self.model.noise_generator, self.loss.margin)
+        self._validations = self._validations_checked = 0
         self.training_features.start(self.trainer, self.pre_processor)
         self.validation_features.start(self.trainer, self.pre_processor)
         if self.model.noise_generator.relative:
@@ -236,6 +245,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     def on_validation_epoch_start(self) -> None:
         """Restart the validation noise, so ``val_loss`` of every epoch sees the same noise."""
         self._val_noise: torch.Generator | None = None
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._validations += 1  # a fresh val_loss for the learns-nothing check
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict on validation images (the post-processor fits its threshold and normalisation on them).
