@@ -35,7 +35,25 @@ VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise e
 
 class SimpleNet(PluginModuleMixin, AnomalibModule):
     """SimpleNet (Liu et al., CVPR 2023): the official architecture and training, with the feature size and the noise
-    σ derived from the backbone (the official settings: ``noise_std=0.015``, configs/simplenet_official.yaml).
+    σ derived from the backbone.
+
+    The authors' setup (their MVTec AD run; ``configs/simplenet_official.yaml``)::
+
+        from anomalib_simplenet.components.pre_processing import CenterCropPreProcessor
+
+        model = SimpleNet(
+            backbone="wide_resnet50_2.tv_in1k",  # torchvision's ImageNet weights; timm's plain name is racm_in1k
+            layers=["layer2", "layer3"],  # 1536-d features and a 1024-wide discriminator follow from them
+            noise_std=0.015,  # absolute σ, tuned for these features (other backbones: leave it None)
+            image_size=288,
+            pre_processor=CenterCropPreProcessor(image_size=288, resize_shorter_side=329),  # images and masks
+        )
+        datamodule = MVTecAD(..., train_batch_size=8, val_split_mode="from_test")
+        Engine(max_epochs=160, check_val_every_n_epoch=4).fit(model, datamodule=datamodule)  # 40 × 4 epochs
+
+    The official loop evaluates after every 4 discriminator epochs and keeps the meta-epoch with the best *test*
+    AUROC; select on validation images instead (e.g. ``ModelCheckpoint(monitor="val_loss")``), and use no early
+    stopping on a loss that has not moved (:class:`anomalib_simplenet.callbacks.EarlyStoppingOnceMoved`).
 
     Args:
         backbone: timm backbone name.
