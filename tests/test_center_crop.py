@@ -101,3 +101,32 @@ def test_exported_crop_matches_torch_on_any_size(tmp_path: Path) -> None:
         result = np.asarray(compiled(images.numpy())[0])
         assert result.shape == (1, 3, 64, 64)
         assert np.abs(result - pre_processor.transform(images).numpy()).max() < 1e-4, size
+
+
+@pytest.mark.slow
+def test_exported_simplenet_with_the_crop_matches_torch(synthetic_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Engine.export`` keeps the crop in the graph: OpenVINO FP32 scores and maps equal the torch model's for a
+    square, a non-square and an already-cropped input."""
+    from anomalib.deploy import ExportType, OpenVINOInferencer
+
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes openvino_cache/ into the working directory
+    torch.manual_seed(0)
+    model = SimpleNet(**TINY_SIMPLENET, noise_std=0.015, pre_processor=CenterCropPreProcessor(64, 73),
+                      visualizer=False)  # fmt: skip
+    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", logger=False,
+                    enable_progress_bar=False)  # fmt: skip
+    engine.fit(model, datamodule=datamodule)
+    onnx = engine.export(model, ExportType.ONNX, export_root=tmp_path)
+    inferencer = OpenVINOInferencer(path=onnx, device="CPU", config=FP32_CPU_CONFIG)
+    model.eval()
+    for size in [(300, 300), (333, 517), (64, 64)]:
+        image = torch.nn.functional.interpolate(torch.rand(1, 3, 32, 40), size=size, mode="bilinear")
+        result = inferencer.predict(image[0])
+        with torch.no_grad():
+            expected = model(image)
+        actual_map = torch.as_tensor(np.asarray(result.anomaly_map)).reshape(expected.anomaly_map.shape)
+        assert expected.anomaly_map.shape[-2:] == (64, 64)
+        assert abs(float(result.pred_score.squeeze()) - expected.pred_score.item()) < 1e-3, size
+        assert (actual_map - expected.anomaly_map).abs().max().item() < 1e-3, size
