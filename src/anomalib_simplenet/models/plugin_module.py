@@ -8,13 +8,13 @@ from typing import Any
 from lightning.pytorch import Callback
 
 from anomalib_simplenet.components.distributed import DistributedDataCallback
-from anomalib_simplenet.components.guards import (
+from anomalib_simplenet.deploy import QuantizationFixesMixin
+from anomalib_simplenet.reliability.guards import (
     check_checkpoint,
     check_checkpoint_file,
     check_export_ready,
     guard_callbacks,
 )
-from anomalib_simplenet.deploy import QuantizationFixesMixin
 
 
 class PluginModuleMixin(QuantizationFixesMixin):

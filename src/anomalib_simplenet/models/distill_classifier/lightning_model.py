@@ -18,9 +18,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_simplenet.components.distributed import average_gradients, gather_by_key, log_global_mean
-from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
-from anomalib_simplenet.components.size_checks import check_input_size
+from anomalib_simplenet.reliability.guards import check_finite_terms
+from anomalib_simplenet.reliability.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
 from .arguments import check_arguments, default_weight

@@ -18,12 +18,12 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_simplenet.components.distributed import log_global_mean
-from anomalib_simplenet.components.feature_cache import TrainingFeatureCache, cache_mode
-from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
-from anomalib_simplenet.components.size_checks import check_input_size
+from anomalib_simplenet.reliability.guards import check_finite_terms
+from anomalib_simplenet.reliability.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
+from .feature_cache import TrainingFeatureCache, cache_mode
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from .loss import TruncatedL1Loss
 from .noise_scale import measure_feature_scale, noise_warning
