@@ -10,8 +10,8 @@ import torch
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.feature_scale import FeatureMoments, scale_from_moments
 from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGenerator
+from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments, scale_from_moments
 from anomalib_simplenet.models.simplenet.noise_scale import LearnsNothingCheck
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 

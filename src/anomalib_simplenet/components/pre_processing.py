@@ -99,11 +99,14 @@ class ExportablePreProcessor(PreProcessor):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         """Transform the training batch, unless the model says it will not read its images.
 
-        A model that trains from cached features (``needs_train_images(batch)`` is ``False``) would throw the
-        resized images away: on 2 CPU cores the antialiased resize of a cached epoch costs about a third of it.
+        A plugin model that trains from cached features (its ``needs_train_images(batch)`` is ``False``) would
+        throw the resized images away: on 2 CPU cores the antialiased resize of a cached epoch costs about a third
+        of it. Other anomalib modules using this pre-processor always get their images transformed.
         """
-        needs_images = getattr(pl_module, "needs_train_images", None)
-        if needs_images is not None and not needs_images(batch):
+        # Imported here: the plugin's models import this module.
+        from anomalib_simplenet.models.plugin_module import PluginModuleMixin
+
+        if isinstance(pl_module, PluginModuleMixin) and not pl_module.needs_train_images(batch):
             return
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from anomalib_simplenet.components.feature_cache import TrainingFeatureCache
-from anomalib_simplenet.components.feature_scale import FeatureMoments
-from anomalib_simplenet.components.rng_state import capture_rng_state, restore_rng_state
+from anomalib_simplenet.reliability.rng_state import capture_rng_state, restore_rng_state
 
+from .feature_cache import TrainingFeatureCache
 from .feature_noise import AnomalyFeatureGenerator
+from .feature_scale import FeatureMoments
 
 # Without a feature cache the pass is extra work: a few hundred images pin the scale to within ~1 %.
 UNCACHED_SCALE_IMAGES = 256
