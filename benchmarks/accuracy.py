@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     add_weights_argument(parser)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--resize-shorter-side", type=int, default=None,
+                        help="resize the shorter side to this, then centre-crop --image-size (default: squash)")
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="SimpleNet epochs (default: the benchmark default)")
     parser.add_argument("--peer-epochs", type=int, default=None,
@@ -95,11 +97,12 @@ def evaluator(aupro: bool) -> Any:
     return Evaluator(test_metrics=metrics)
 
 
-def pre_processor(size: int) -> Any:
-    """The same input for every model: SimpleNet's resize (antialiased) and ImageNet normalisation."""
-    from anomalib_simplenet import SimpleNet
+def pre_processor(size: int, resize_shorter_side: int | None = None) -> Any:
+    """The same input for every model: SimpleNet's resize (antialiased; or shorter side + centre crop) and ImageNet
+    normalisation."""
+    from anomalib_simplenet.components.pre_processing import imagenet_pre_processor
 
-    return SimpleNet.configure_pre_processor((size, size))
+    return imagenet_pre_processor(size, resize_shorter_side)
 
 
 def build(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], eps: float, layers: list[str]) -> Any:
@@ -109,7 +112,7 @@ def build(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], e
     from anomalib_simplenet import SimpleNet
     from anomalib_simplenet.components.backbone import layer_channels
 
-    common = {"pre_processor": pre_processor(args.image_size), "evaluator": evaluator(args.aupro), "visualizer": False}
+    common = {"pre_processor": pre_processor(args.image_size, args.resize_shorter_side), "evaluator": evaluator(args.aupro), "visualizer": False}
     if name == "simplenet":
         weights = weights_kwargs("SimpleNet", args.weights)
         if args.weights.kind == "random":  # the seeded state every peer gets
@@ -222,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         root = make_subset(root / args.category, args.output / "data" / args.category, args.train_images)
     state, eps, source = backbone_state(args)
     layers = default_layers(args.backbone)
-    header = (f"{args.category}: backbone {args.backbone} {layers}, weights: {source}, {args.image_size} px, "
+    geometry = f"{args.image_size} px" + (f" (shorter side {args.resize_shorter_side}, centre crop)"
+                                          if args.resize_shorter_side else "")
+    header = (f"{args.category}: backbone {args.backbone} {layers}, weights: {source}, {geometry}, "
               f"train images: {args.train_images or 'all'}, seed {args.seed}, SimpleNet {args.epochs} epochs, "
               f"torch threads {torch.get_num_threads()}")
     print(header, flush=True)

@@ -32,9 +32,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
+from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
 from anomalib_simplenet.study.data import category_datamodule
 from anomalib_simplenet.study.evaluation import auroc
 
