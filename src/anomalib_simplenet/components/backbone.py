@@ -305,8 +305,7 @@ def _create_network(
     if packaged is not None:
         model = timm.create_model(backbone, pretrained=False, **kwargs)
         _load_state(model, backbone, _read_state_dict(packaged), packaged)
-        distribution = PACKAGED_WEIGHTS[backbone].distribution
-        return _with_source(model, f"ImageNet (package {distribution}, offline)")
+        return _with_source(model, PACKAGED_WEIGHTS[backbone].source())
     if packaged_only:
         msg = (
             f"ImageNet weights for backbone {backbone!r} come from the package "

