@@ -19,9 +19,8 @@ from anomalib_simplenet.components.backbone import (
     packaged_weights_file,
     weights_source,
 )
-from anomalib_simplenet.components.packaged_weights import read_torchscript_state
+from anomalib_simplenet.components.packaged_weights import PackagedWeightsError, read_torchscript_state
 from anomalib_simplenet.components.tf_inception import (
-    TFInceptionError,
     convert_tf_inception,
     fold_imagenet_normalisation,
     use_tf_pooling,
@@ -89,14 +88,14 @@ def test_conversion_pairs_every_key_once(source_state: dict[str, torch.Tensor]) 
 def test_conversion_rejects_files_that_do_not_fit(source_state: dict[str, torch.Tensor]) -> None:
     timm_state = _headless_state()
     foreign = {**source_state, "net.layers.mixed_11.conv.weight": torch.zeros(1)}
-    with pytest.raises(TFInceptionError, match="no place in the network.*mixed_11"):
+    with pytest.raises(PackagedWeightsError, match="no place in the network.*mixed_11"):
         convert_tf_inception(foreign, timm_state, "file")
     swapped = dict(source_state)
     swapped["net.layers.mixed.conv.weight"] = source_state["net.layers.mixed_1.conv.weight"]  # 256 → 192 inputs
-    with pytest.raises(TFInceptionError, match="wrong shapes.*mixed.conv.weight"):
+    with pytest.raises(PackagedWeightsError, match="wrong shapes.*mixed.conv.weight"):
         convert_tf_inception(swapped, timm_state, "file")
     missing = {key: value for key, value in source_state.items() if not key.startswith("net.layers.mixed_10.")}
-    with pytest.raises(TFInceptionError, match="left without weights.*Mixed_7c"):
+    with pytest.raises(PackagedWeightsError, match="left without weights.*Mixed_7c"):
         convert_tf_inception(missing, timm_state, "file")
 
 

@@ -41,7 +41,6 @@ from .packaged_weights import (
 )
 from .tf_inception import (
     TF_INCEPTION_BN_EPS,
-    TFInceptionError,
     convert_tf_inception,
     fold_imagenet_normalisation,
     is_tf_inception_state,
@@ -189,7 +188,7 @@ def _load_state(extractor: nn.Module, backbone: str, state: dict[str, torch.Tens
         elif backbone == "inception_v3" and is_tf_inception_state(state):
             state = fold_imagenet_normalisation(convert_tf_inception(state, full_state, source))
             set_batchnorm_eps(extractor, TF_INCEPTION_BN_EPS)
-    except (PackagedWeightsError, TFInceptionError) as error:
+    except PackagedWeightsError as error:
         raise BackboneWeightsError(str(error)) from error
     wanted = extractor.state_dict()
     foreign = sorted(set(state) - set(full_state))

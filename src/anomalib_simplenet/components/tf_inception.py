@@ -26,6 +26,7 @@ import torch
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
 from torch import nn
 
+from .packaged_weights import rename_strictly
 from .pre_processing import IMAGENET_MEAN, IMAGENET_STD
 
 TF_INCEPTION_BN_EPS = 1e-3
@@ -59,10 +60,6 @@ _BLOCK_TYPE = {"Mixed_5": "A", "Mixed_6a": "B", "Mixed_6": "C", "Mixed_7a": "D",
 _TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
 
 
-class TFInceptionError(RuntimeError):
-    """A TF Inception-v3 weights file does not fit timm's ``inception_v3``."""
-
-
 def is_tf_inception_state(state: dict[str, torch.Tensor]) -> bool:
     """True if ``state`` uses the TF graph's key names (``net.layers.conv.weight``, ``net.layers.mixed...``)."""
     return "net.layers.conv.weight" in state and "net.layers.mixed.conv.weight" in state
@@ -81,6 +78,22 @@ def _timm_module(tf_module: str) -> str | None:
     return None if timm_branch is None else f"{timm_block}.{timm_branch}"
 
 
+def _rename(key: str) -> str | None:
+    """timm key of one TF-graph tensor (``net.layers.mixed_4.tower.conv.beta`` → ``Mixed_6b.branch7x7_1.bn.bias``)."""
+    if not key.startswith("net.layers."):
+        return None
+    module, _, name = key.removeprefix("net.layers.").rpartition(".")
+    timm_module = _timm_module(module)
+    return f"{timm_module}.{_TENSORS[name]}" if timm_module and name in _TENSORS else None
+
+
+def _unit_scales(converted: dict[str, torch.Tensor]) -> None:
+    """The BatchNorm tensors the TF graph leaves implicit: γ = 1, and a zero step count."""
+    for key in [key for key in converted if key.endswith(".bn.bias")]:
+        converted[key.removesuffix("bias") + "weight"] = torch.ones_like(converted[key])
+        converted[key.removesuffix("bias") + "num_batches_tracked"] = torch.tensor(0)
+
+
 def convert_tf_inception(
     state: dict[str, torch.Tensor], timm_state: dict[str, torch.Tensor], source: str | Path
 ) -> dict[str, torch.Tensor]:
@@ -95,37 +108,9 @@ def convert_tf_inception(
         State dict with every key of ``timm_state``; BatchNorm weights are ones, ``num_batches_tracked`` zero.
 
     Raises:
-        TFInceptionError: a source key without a timm counterpart, two source keys on one timm key, a shape
-            that differs, or a timm key left without weights.
+        PackagedWeightsError: a key paired with nothing or twice, or a shape that differs.
     """
-    converted: dict[str, torch.Tensor] = {}
-    unplaced, clashes, wrong_shape = [], [], []
-    for key, tensor in state.items():
-        module, _, name = key.removeprefix("net.layers.").rpartition(".")
-        timm_module = _timm_module(module) if key.startswith("net.layers.") else None
-        target = f"{timm_module}.{_TENSORS[name]}" if timm_module and name in _TENSORS else None
-        if target is None or target not in timm_state:
-            unplaced.append(key)
-        elif target in converted:
-            clashes.append(target)
-        elif tuple(tensor.shape) != tuple(timm_state[target].shape):
-            wrong_shape.append(f"{key}{tuple(tensor.shape)}->{target}{tuple(timm_state[target].shape)}")
-        else:
-            converted[target] = tensor
-    for key in [key for key in converted if key.endswith(".bn.bias")]:
-        converted[key.removesuffix("bias") + "weight"] = torch.ones_like(converted[key])
-        converted[key.removesuffix("bias") + "num_batches_tracked"] = torch.tensor(0)
-    missing = [key for key in timm_state if key not in converted]
-    problems = [
-        f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
-        for label, keys in (("keys with no place in the network", unplaced), ("keys mapped twice", clashes),
-                            ("wrong shapes", wrong_shape), ("network keys left without weights", missing))
-        if keys
-    ]
-    if problems:
-        msg = f"weights file {source} does not fit timm's inception_v3 ({'; '.join(problems)})"
-        raise TFInceptionError(msg)
-    return converted
+    return rename_strictly(state, timm_state, _rename, source, "timm's inception_v3", complete=_unit_scales)
 
 
 def fold_imagenet_normalisation(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
