@@ -137,6 +137,15 @@ def test_packaged_backbone_offline(package_file: Path, monkeypatch: pytest.Monke
     assert [tuple(m.shape[1:]) for m in maps] == [(288, 9, 9), (768, 4, 4)]
 
 
+def test_weights_path_reads_the_torchscript_file(package_file: Path) -> None:
+    layers = ["Mixed_5d"]
+    from_file = create_feature_extractor("inception_v3", layers, pre_trained=False, weights_path=package_file)
+    packaged = create_feature_extractor("inception_v3", layers, pre_trained=True)
+    assert weights_source(from_file) == f"local file {package_file}"
+    for key, value in packaged.state_dict().items():
+        assert torch.equal(from_file.state_dict()[key], value), key
+
+
 def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone_module, "packaged_weights_file", lambda backbone: None)
 
