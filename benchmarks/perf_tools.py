@@ -21,6 +21,7 @@ import timm
 import torch
 from lightning.pytorch import Callback
 
+from anomalib_simplenet.components.backbone import prepare_network
 from anomalib_simplenet.components.packaged_weights import set_batchnorm_eps
 
 _STATUS = Path("/proc/self/status")
@@ -184,6 +185,7 @@ def injected_timm_weights(state: dict[str, torch.Tensor], bn_eps: float | None =
         model.load_state_dict({key: state[key] for key in own})
         if bn_eps is not None:
             set_batchnorm_eps(model, bn_eps)
+        prepare_network(model, model_name)  # the architecture the weights expect (inception_v3: TF pooling)
         created.append(model_name)
         return model
 
