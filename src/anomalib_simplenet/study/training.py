@@ -8,6 +8,7 @@ from typing import Any
 
 from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
+from lightning.pytorch import seed_everything
 
 from anomalib_simplenet.components.backbone import weights_source
 from anomalib_simplenet.lab.figures import loss_figure
@@ -25,6 +26,7 @@ def fit_setting(
     prefix = f"[study] {scope} {setting.label}"
     built = FitResult(setting.label, run_dir)
     with guarded(built, prefix):  # e.g. an unknown network: this setting fails, the study goes on
+        seed_everything(seed, workers=True)  # before the model: its random initialisation is part of the setting
         model = model_class(setting.kind)(**init_args)
     if built.status != "ok":
         return built
@@ -32,7 +34,7 @@ def fit_setting(
     saver = [ReconstructionSaver(every_n_epochs=max(1, max_epochs // 4), num_images=4)] if setting.kind == "unet_ae" \
         else []
     result = fit(setting.label, model, datamodule, run_dir, max_epochs, patience=patience if trains else None,
-                 seed=seed, callbacks=saver, prefix=prefix)
+                 callbacks=saver, prefix=prefix)
     if result.status == "ok" and result.history:
         loss_figure({setting.label: result.history}, title=f"{scope}: {setting.label}").savefig(
             run_dir / "loss_curve.png", dpi=90)
