@@ -11,7 +11,7 @@ import pytest
 from anomalib_simplenet.lab.data import subset
 from anomalib_simplenet.lab.isolated import run_isolated
 from anomalib_simplenet.lab.report import markdown_table, metric_cells, metric_header
-from anomalib_simplenet.lab.scores import Predictions, auroc, metrics
+from anomalib_simplenet.lab.scores import Predictions, aupro, auroc, metrics
 
 
 def test_raw_scores_far_beyond_one_do_not_tie() -> None:
@@ -54,3 +54,11 @@ def test_subset_shares_max_test_over_the_test_folders(synthetic_root: Path, tmp_
     assert counts == {"good": 2, "blob": 2, "scratch": 2}  # 7 // 3 folders
     with pytest.raises(FileNotFoundError, match="--data-root"):
         subset(tmp_path, "missing", tmp_path / "x")
+
+
+def test_aupro_on_raw_maps_rewards_the_defect_regions() -> None:
+    masks = np.zeros((4, 16, 16), bool)
+    masks[1, 4:8, 4:8] = masks[3, 10:14, 2:6] = True
+    maps = masks * 50.0 + np.random.default_rng(0).random((4, 16, 16))  # raw units, far above 1
+    assert aupro(masks, maps) == pytest.approx(1.0) and aupro(masks, -maps) == pytest.approx(0.0)
+    assert math.isnan(aupro(None, maps))
