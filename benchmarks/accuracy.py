@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     add_weights_argument(parser)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--resize-shorter-side", type=int, default=None,
+                        help="resize the shorter side to this, then centre-crop --image-size (default: squash)")
     parser.add_argument("--train-images", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_SIMPLENET_EPOCHS, help="SimpleNet epochs")
     parser.add_argument("--peer-epochs", type=int, default=None,
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if args.train_images is not None:
         root = subset(root, args.category, args.output / "data", args.train_images)
     peer_epochs = args.peer_epochs or args.epochs
-    settings = (f"{args.category}: backbone {args.backbone}, --weights {args.weights}, {args.image_size} px, "
+    geometry = f"{args.image_size} px" + (f" (shorter side {args.resize_shorter_side}, centre crop)"
+                                          if args.resize_shorter_side else "")
+    settings = (f"{args.category}: backbone {args.backbone}, --weights {args.weights}, {geometry}, "
                 f"train images: {args.train_images or 'all'}, seed {args.seed}")
     results: dict[str, dict[str, Any]] = {}
     previous = args.output / "accuracy.json"
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             results = {k: v for k, v in earlier["results"].items() if k not in args.models}
     common = {"root": str(root), "category": args.category, "output": str(args.output), "backbone": args.backbone,
               "weights": str(args.weights), "image_size": args.image_size, "seed": args.seed, "batch": args.batch,
-              "num_workers": args.num_workers, "aupro": args.aupro, "coreset_ratio": args.coreset_ratio}
+              "num_workers": args.num_workers, "aupro": args.aupro, "coreset_ratio": args.coreset_ratio,
+              "resize_shorter_side": args.resize_shorter_side}
     for name in args.models:
         epochs = args.epochs if name == "simplenet" else peer_epochs
         print(f"==> {name}: {epochs} epoch(s) in its own process", flush=True)

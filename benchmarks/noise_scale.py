@@ -19,9 +19,9 @@ from anomalib.data.utils import read_image
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
-from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.lab.report import markdown_table
 from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD
+from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OFFICIAL_NOISE_STD = 0.015

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.feature_scale import FeatureMoments
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.lab.data import datamodule
 from anomalib_simplenet.lab.report import fmt, markdown_table
 from anomalib_simplenet.lab.scores import auroc
 from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
+from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"

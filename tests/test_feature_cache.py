@@ -15,13 +15,17 @@ from lightning.pytorch import Callback
 from torchvision.transforms import v2
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.feature_cache import FeatureCache, TrainingFeatureCache, cache_mode
-from anomalib_simplenet.components.training_data import random_steps, read_only_uncached_images, uncacheable_reason
 from anomalib_simplenet.components.resize import AntialiasedResize
+from anomalib_simplenet.models.simplenet.feature_cache import FeatureCache, TrainingFeatureCache, cache_mode
+from anomalib_simplenet.models.simplenet.training_data import (
+    random_steps,
+    read_only_uncached_images,
+    uncacheable_reason,
+)
 
 from .conftest import TINY_SIMPLENET, mvtec_datamodule
 
-LOGGER = "anomalib_simplenet.components.feature_cache"
+LOGGER = "anomalib_simplenet.models.simplenet.feature_cache"
 
 
 class _StepLosses(Callback):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from anomalib_simplenet.components.patch_features import ChannelPool, PatchAggregator, adaptive_pool_matrix
+from anomalib_simplenet.models.simplenet.patch_features import ChannelPool, PatchAggregator, adaptive_pool_matrix
 
 
 @pytest.mark.parametrize(("channels_in", "channels_out"), [(12, 4), (10, 4), (6, 9), (8, 8)])

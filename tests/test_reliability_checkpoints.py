@@ -9,8 +9,8 @@ import pytest
 import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 
-from anomalib_simplenet.components.checkpoint_guard import IDENTITY_KEY
-from anomalib_simplenet.components.guards import CheckpointMismatchError
+from anomalib_simplenet.reliability.checkpoint_guard import IDENTITY_KEY
+from anomalib_simplenet.reliability.guards import CheckpointMismatchError
 
 from .reliability_support import (
     CLASSES,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from anomalib.deploy import ExportType
 
-from anomalib_simplenet.components.guards import NotFittedError
+from anomalib_simplenet.reliability.guards import NotFittedError
 
 from .reliability_support import datamodule, engine, make_model, model_names, tiny_data
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from anomalib_simplenet.components.guards import (
+from anomalib_simplenet.reliability.guards import (
     NonFiniteLossError,
     TrainingGuard,
     check_finite_terms,
@@ -18,7 +18,7 @@ from anomalib_simplenet.components.guards import (
 
 from .reliability_support import CLASSES, checkpoint_path, datamodule, engine, make_model, model_names, tiny_data
 
-# The loss terms each model names in its check (SimpleNet: the lead's lines, see components/guards.py).
+# The loss terms each model names in its check (SimpleNet: the lead's lines, see reliability/guards.py).
 WEIGHT_NAMES = {"weight", "bias", "running_mean", "running_var"}
 TERMS = {"simplenet": "truncated_l1", "unet_ae": "l2", "distill_classifier": "classification"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from anomalib_simplenet.components.rng_state import capture_rng_state, restore_rng_state
+from anomalib_simplenet.reliability.rng_state import capture_rng_state, restore_rng_state
 
 from .reliability_support import checkpoint_path, datamodule, engine, make_model, model_names, tiny_data
 

@@ -11,9 +11,9 @@ from anomalib.engine import Engine
 from lightning.pytorch.callbacks import EarlyStopping
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.components.patch_features import PatchAggregator
 from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGenerator
 from anomalib_simplenet.models.simplenet.loss import TruncatedL1Loss
+from anomalib_simplenet.models.simplenet.patch_features import PatchAggregator
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 
 from .conftest import TINY_SIMPLENET, mvtec_datamodule

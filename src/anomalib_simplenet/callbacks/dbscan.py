@@ -1,6 +1,7 @@
 """``DBSCANPostProcessor``: cluster the model's per-image embeddings with DBSCAN and read noise as anomalies.
 
-Lightning glue only; the computation lives in :mod:`anomalib_simplenet.clustering`. Any model whose torch
+Lightning glue only; the computation lives in :mod:`anomalib_simplenet.clustering`, the collected rows in
+:mod:`.dbscan_rows`, the files and the printed table in :mod:`.dbscan_report`. Any model whose torch
 module (``lightning_module.model``) has ``image_embedding(images (N, 3, H, W)) -> (N, E)`` works: SimpleNet,
 DistillClassifier and UNetAE do. Use it as ``Engine(callbacks=[DBSCANPostProcessor(mode="override")])`` or,
 with ``anomalib train --config config.yaml``::
@@ -29,41 +30,32 @@ datamodule to take normal images from) gives a warning and a printed line saying
 model's own predictions then pass through untouched. Limits: the test loop only (``predict`` has neither
 labels nor a reference set).
 
-Under DDP each rank embeds its unpadded share of the reference images; the shares are gathered (one row per
-image path, in path order), so every rank fits the same standardisation, PCA, ``eps`` and DBSCAN as one
-process would. At the end of ``test`` the ranks' test rows are gathered the same way: metrics, CSV and plots
-cover every test image once (files written by rank 0).
+Under DDP the reference and test rows are gathered over ranks (:mod:`.dbscan_rows`): every rank fits what one
+process would, and metrics, CSV and plots cover every test image once (files written by rank 0).
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_warn
 
 from anomalib_simplenet.clustering import (
-    NOISE,
     DBSCANDetector,
     DegenerateInputError,
     EmbeddingProjector,
     NoveltyAssignment,
-    detection_metrics,
-    embed_tsne,
+    embed_tsne_jointly,
     finite_rows,
-    inspect_assignment,
 )
-from anomalib_simplenet.components.distributed import batch_keys, gather_by_key, is_distributed, rank_and_world
+from anomalib_simplenet.components.distributed import is_distributed
 
-RESULTS_CSV = "dbscan_results.csv"
-PCA_PLOT = "dbscan_pca.png"
-TSNE_PLOT = "dbscan_tsne.png"
+from .dbscan_report import assignment_metrics, print_line, print_table, write_plots, write_results
+from .dbscan_rows import ImageRows, normal_embeddings
 
 
 class DBSCANPostProcessor(Callback):
@@ -157,7 +149,7 @@ class DBSCANPostProcessor(Callback):
         """Embed the normal reference images with the final model and fit the clustering on them."""
         self._reset()
         try:
-            normal = self._normal_embeddings(trainer, pl_module)
+            normal = normal_embeddings(trainer, pl_module, self.normal_source, self._embed)
             finite = finite_rows(normal)
             if not finite.all():
                 self._note(f"{int((~finite).sum())} of {len(normal)} normal embeddings contain NaN/inf: left out")
@@ -185,35 +177,29 @@ class DBSCANPostProcessor(Callback):
         del trainer, dataloader_idx
         target = outputs if getattr(outputs, "image", None) is not None else batch
         embeddings = self._embed(pl_module, target.image)
-        count = len(embeddings)
-        paths = target.image_path if target.image_path is not None else [None] * count
-        self._test_embeddings.append(embeddings)
-        self._paths += [str(p) if p is not None else f"batch{batch_idx}_{i}" for i, p in enumerate(paths)]
-        self._gt.append(_as_numpy(target.gt_label, count, fill=-1))
-        self._model_score.append(_as_numpy(target.pred_score, count, fill=np.nan))
-        self._model_label.append(_as_numpy(target.pred_label, count, fill=-1))
+        self._test.add(target, embeddings, batch_idx)
         if self._fitted:
-            assignment = self._detector.assign(self._projector.transform(embeddings))
-            self._assignments.append(assignment)
+            assignment = self._assign(embeddings)
+            self._test.add_assignment(assignment)
             if self.mode != "report":
                 label = self._decide(target.pred_label, torch.as_tensor(assignment.anomalous))
                 target.pred_label = label.to(target.image.device)
                 if batch is not target and hasattr(batch, "pred_label"):
                     batch.pred_label = target.pred_label
-        self._final_label.append(_as_numpy(target.pred_label, count, fill=-1))  # what the evaluator will see
+        self._test.add_final_label(target.pred_label, len(embeddings))  # what the evaluator will see
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Metrics (logged and printed), the CSV and the plots."""
         if self._problem is not None:
-            _print(self._problem)  # already warned in on_test_start; repeat it where the table would be
+            print_line(self._problem)  # already warned in on_test_start; repeat it where the table would be
             return
         if is_distributed():
-            self._gather_test_rows()
-        if not self._test_embeddings:
+            self._test.gather(self._assign if self._fitted else None)
+        if not len(self._test):
             self._report_problem("DBSCANPostProcessor: no test images were seen")
             return
-        test = np.concatenate(self._test_embeddings)
-        gt = np.concatenate(self._gt)
+        test = self._test.embeddings()
+        gt = self._test.gt()
         test_projected = self._projector.transform(test)
         tsne_xy = None
         if self.cluster_space == "tsne" or self.plots:
@@ -233,27 +219,22 @@ class DBSCANPostProcessor(Callback):
                 return
             assignment = self._detector.assign(test_xy)
         else:
-            assignment = _concat(self._assignments)
+            assignment = self._test.assignment()
 
-        for message in inspect_assignment(gt, assignment):
+        self.metrics, notes = assignment_metrics(gt, assignment, self._detector)
+        for message in notes:
             self._note(message)
-        if (gt < 0).any():
-            self._note("some test images have no ground-truth label: the metrics are NaN")
-            metrics = dict.fromkeys(("precision", "recall", "f1", "accuracy", "auroc"), float("nan"))
-        else:
-            metrics = detection_metrics(gt, assignment)
-        metrics |= {
-            "n_clusters": float(self._detector.n_clusters_),
-            "n_noise": float(assignment.anomalous.sum()),
-            "eps": float(self._detector.eps_),
-        }
-        self.metrics = metrics
         # Every rank holds the same gathered metrics; sync_dist only tells Lightning so (mean of equal values).
-        pl_module.log_dict({f"dbscan_{name}": value for name, value in metrics.items()}, sync_dist=is_distributed())
-        self.results = self._rows(gt, assignment)
+        pl_module.log_dict({f"dbscan_{k}": value for k, value in self.metrics.items()}, sync_dist=is_distributed())
+        self.results = self._test.rows(gt, assignment)
         folder = self.output_dir or Path(trainer.default_root_dir)
-        self._write(folder, gt, tsne_xy, assignment, pl_module)
-        self._print_table(type(pl_module).__name__, folder)
+        model = type(pl_module).__name__
+        write_results(folder, self.results)
+        if self.plots:
+            clustering = (self._projector, self._detector, self.cluster_space)
+            write_plots(folder, model, clustering, self._normal, test, gt, assignment, tsne_xy)
+        title = f"DBSCAN post-processor — {model} (mode={self.mode}, space={self.cluster_space})"
+        print_table(title, self.metrics, self.messages, folder, self.plots)
 
     # ------------------------------------------------------------------ helpers
 
@@ -262,13 +243,7 @@ class DBSCANPostProcessor(Callback):
         self._problem: str | None = None
         self._normal = np.zeros((0, 0))
         self._normal_projected = np.zeros((0, 0))
-        self._test_embeddings: list[np.ndarray] = []
-        self._assignments: list[NoveltyAssignment] = []
-        self._paths: list[str] = []
-        self._gt: list[np.ndarray] = []
-        self._model_score: list[np.ndarray] = []
-        self._model_label: list[np.ndarray] = []
-        self._final_label: list[np.ndarray] = []
+        self._test = ImageRows()
         self.metrics: dict[str, float] = {}
         self.results: list[dict[str, Any]] = []
         self.messages: list[str] = []
@@ -279,7 +254,7 @@ class DBSCANPostProcessor(Callback):
 
     def _report_problem(self, message: str) -> None:
         self._note(message)
-        _print(message)
+        print_line(message)
 
     def _place_after_post_processor(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Reorder ``trainer.callbacks`` so this callback runs after the post-processor, before metrics/visuals.
@@ -305,58 +280,9 @@ class DBSCANPostProcessor(Callback):
         embeddings = pl_module.model.image_embedding(images.to(pl_module.device))
         return embeddings.detach().double().cpu().numpy().reshape(len(images), -1)
 
-    def _normal_embeddings(self, trainer: Trainer, pl_module: LightningModule) -> np.ndarray:
-        """Embeddings ``(N, E)`` of the normal reference images, pre-processed as the model's test batches."""
-        datamodule = trainer.datamodule
-        name = f"{self.normal_source}_data"
-        dataset = getattr(datamodule, name, None)
-        if dataset is None:
-            msg = (
-                f"no normal images: the trainer has no datamodule with `{name}` (use Engine.test(model, "
-                "datamodule=...) or the anomalib CLI with --data)"
-            )
-            raise DegenerateInputError(msg)
-        rank, world = rank_and_world()
-        loader = DataLoader(
-            dataset,
-            batch_size=getattr(datamodule, "eval_batch_size", 32),
-            # Under DDP: this rank's share, each image on one rank only (gathered below).
-            sampler=UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False),
-            num_workers=getattr(datamodule, "num_workers", 0),
-            collate_fn=getattr(datamodule, "external_collate_fn", None) or dataset.collate_fn,
-        )
-        # The same transform the PreProcessor applies to each test batch in on_test_batch_start.
-        transform = getattr(getattr(pl_module, "pre_processor", None), "transform", None)
-        chunks, paths = [], []
-        for item in loader:
-            images = item.image.to(pl_module.device)
-            if transform is not None:
-                images = transform(images)
-            embeddings = self._embed(pl_module, images)
-            item_paths = batch_keys(item.image_path, len(embeddings), len(paths))
-            if self.normal_source == "val":
-                if item.gt_label is None:
-                    msg = "normal_source='val' needs labelled validation images"
-                    raise DegenerateInputError(msg)
-                keep = item.gt_label.cpu().numpy() == 0
-                embeddings, item_paths = embeddings[keep], [p for p, k in zip(item_paths, keep, strict=True) if k]
-            chunks.append(embeddings)
-            paths += item_paths
-        if not chunks:
-            msg = f"the {self.normal_source} set is empty"
-            raise DegenerateInputError(msg)
-        _, (rows,) = gather_by_key(paths, torch.from_numpy(np.concatenate(chunks)))
-        return rows.numpy()
-
-    def _gather_test_rows(self) -> None:
-        """Replace this rank's test rows by those of all ranks (one per image path, in path order)."""
-        columns = (self._test_embeddings, self._gt, self._model_score, self._model_label, self._final_label)
-        self._paths, rows = gather_by_key(self._paths, *(torch.from_numpy(np.concatenate(c)) for c in columns))
-        embeddings, gt, model_score, model_label, final_label = (row.numpy() for row in rows)
-        self._test_embeddings, self._gt, self._final_label = [embeddings], [gt], [final_label]
-        self._model_score, self._model_label = [model_score], [model_label]
-        if self._fitted:  # DBSCAN assigns each image on its own: the same labels as the ranks gave
-            self._assignments = [self._detector.assign(self._projector.transform(embeddings))]
+    def _assign(self, embeddings: np.ndarray) -> NoveltyAssignment:
+        """DBSCAN's decision for embeddings ``(N, E)`` in the fitted clustering space."""
+        return self._detector.assign(self._projector.transform(embeddings))
 
     def _decide(self, own: torch.Tensor | None, dbscan: torch.Tensor) -> torch.Tensor:
         """New ``pred_label`` ``(N,)`` bool from the model's ``own`` label and DBSCAN's noise flags."""
@@ -373,105 +299,9 @@ class DBSCANPostProcessor(Callback):
             self._note(message)
 
     def _tsne(self, test_projected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """2-D t-SNE of normal and finite test points together → ``(N, 2)``, ``(M, 2)`` (NaN rows kept NaN)."""
-        finite = finite_rows(test_projected)
-        joint = np.concatenate([self._normal_projected, test_projected[finite]])
-        xy, note = embed_tsne(joint, self.tsne_perplexity, self.seed)
+        """2-D t-SNE of the normal and test points together → ``(N, 2)``, ``(M, 2)`` (NaN rows kept NaN)."""
+        normal_xy, test_xy, note = embed_tsne_jointly(self._normal_projected, test_projected, self.tsne_perplexity,
+                                                      self.seed)
         if note:
             self.messages.append(note)
-        count = len(self._normal_projected)
-        test_xy = np.full((len(test_projected), 2), np.nan)
-        test_xy[finite] = xy[count:]
-        return xy[:count], test_xy
-
-    def _rows(self, gt: np.ndarray, assignment: NoveltyAssignment) -> list[dict[str, Any]]:
-        """One row per test image, also the CSV rows (``-1``: the batch had no such field)."""
-        columns = zip(
-            self._paths,
-            gt,
-            assignment.labels,
-            assignment.scores,
-            np.concatenate(self._model_score),
-            np.concatenate(self._model_label),
-            np.concatenate(self._final_label),
-            strict=True,
-        )
-        return [
-            {
-                "image_path": path,
-                "gt_label": int(truth),
-                "dbscan_label": int(label),
-                "dbscan_anomalous": int(label == NOISE),
-                "dbscan_score": float(score),
-                "model_score": float(model_score),
-                "model_label": int(model_label),
-                "pred_label": int(final),
-            }
-            for path, truth, label, score, model_score, model_label, final in columns
-        ]
-
-    @rank_zero_only
-    def _write(
-        self,
-        folder: Path,
-        gt: np.ndarray,
-        tsne_xy: tuple[np.ndarray, np.ndarray] | None,
-        assignment: NoveltyAssignment,
-        pl_module: LightningModule,
-    ) -> None:
-        """``dbscan_results.csv`` and, with ``plots``, ``dbscan_pca.png`` and ``dbscan_tsne.png``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / RESULTS_CSV).open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(self.results[0]))
-            writer.writeheader()
-            writer.writerows(self.results)
-        if not self.plots:
-            return
-        from anomalib_simplenet.clustering.plots import plot_clusters  # matplotlib only when plotting
-
-        model = type(pl_module).__name__
-        eps, space = self._detector.eps_, self.cluster_space.upper()
-        if space == "PCA":
-            space = f"PCA ({self._projector.n_components_} dims, {self._projector.explained_variance_:.0%} var.)"
-        subtitle = f"DBSCAN in {space}, eps={eps:.3g}, min_samples={self._detector.min_samples}"
-        plane = EmbeddingProjector(2).fit(self._normal)  # the first two principal axes, for viewing
-        normal_labels = self._detector.normal_labels_  # from the space DBSCAN ran in
-        gt_plot = np.clip(gt, 0, 1)
-        test_plane = plane.transform(np.concatenate(self._test_embeddings))
-        plot_clusters(folder / PCA_PLOT, plane.transform(self._normal), normal_labels, test_plane, gt_plot,
-                      assignment.labels, f"{model}: 2-D PCA. {subtitle}")
-        if tsne_xy is not None:
-            normal_xy, test_xy = tsne_xy
-            plot_clusters(folder / TSNE_PLOT, normal_xy, normal_labels, test_xy, gt_plot, assignment.labels,
-                          f"{model}: 2-D t-SNE. {subtitle}")
-
-    @rank_zero_only
-    def _print_table(self, model: str, folder: Path) -> None:
-        width = max(len(name) for name in self.metrics)
-        lines = [f"DBSCAN post-processor — {model} (mode={self.mode}, space={self.cluster_space})"]
-        lines += [f"  {name:<{width}}  {_format(value)}" for name, value in self.metrics.items()]
-        lines += [f"  note: {message}" for message in self.messages]
-        lines.append(f"  files: {folder / RESULTS_CSV}" + (f", {PCA_PLOT}, {TSNE_PLOT}" if self.plots else ""))
-        _print("\n".join(lines))
-
-
-def _print(text: str) -> None:
-    print(text, flush=True)
-
-
-def _format(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
-
-
-def _as_numpy(values: torch.Tensor | None, count: int, fill: float) -> np.ndarray:
-    """``(count,)`` float array of a per-image batch field, ``fill`` when the field is missing."""
-    if values is None:
-        return np.full(count, fill, dtype=np.float64)
-    return values.detach().reshape(-1).double().cpu().numpy()
-
-
-def _concat(assignments: list[NoveltyAssignment]) -> NoveltyAssignment:
-    return NoveltyAssignment(
-        labels=np.concatenate([a.labels for a in assignments]),
-        scores=np.concatenate([a.scores for a in assignments]),
-    )
+        return normal_xy, test_xy

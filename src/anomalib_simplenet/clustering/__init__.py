@@ -14,6 +14,7 @@ from .embedding_clusters import (
     core_distances,
     detection_metrics,
     embed_tsne,
+    embed_tsne_jointly,
     finite_rows,
     inspect_assignment,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "core_distances",
     "detection_metrics",
     "embed_tsne",
+    "embed_tsne_jointly",
     "finite_rows",
     "inspect_assignment",
 ]

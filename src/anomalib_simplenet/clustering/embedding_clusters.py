@@ -269,3 +269,18 @@ def embed_tsne(points: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> t
     init = "pca" if points.shape[1] >= 2 else "random"
     tsne = TSNE(n_components=2, perplexity=usable, init=init, learning_rate="auto", random_state=seed)
     return tsne.fit_transform(points), note
+
+
+def embed_tsne_jointly(
+    normal: np.ndarray, test: np.ndarray, perplexity: float = 30.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """One 2-D t-SNE of normal ``(N, d)`` and test ``(M, d)`` points → ``(N, 2)``, ``(M, 2)`` and the note.
+
+    t-SNE has no transform for new points, so both sets are embedded together; test rows with NaN/inf stay out
+    of the fit and get NaN coordinates.
+    """
+    finite = finite_rows(test)
+    xy, note = embed_tsne(np.concatenate([normal, test[finite]]), perplexity, seed)
+    test_xy = np.full((len(test), 2), np.nan)
+    test_xy[finite] = xy[len(normal):]
+    return xy[: len(normal)], test_xy, note

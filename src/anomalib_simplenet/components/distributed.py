@@ -214,7 +214,8 @@ class DistributedDataCallback(Callback):
         if datamodule is None:
             return
         names = ["val_dataloader", "test_dataloader"]
-        if getattr(pl_module, "fixed_train_shards", False):
+        # Only plugin models add this callback: the hook is declared on their base, PluginModuleMixin.
+        if pl_module.fixed_train_shards:  # type: ignore[attr-defined]
             names.append("train_dataloader")
         self._datamodule = datamodule
         for name in names:

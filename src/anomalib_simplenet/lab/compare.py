@@ -41,7 +41,8 @@ def evaluator(with_aupro: bool) -> Any:
 
 def fit_and_score(
     name: str, root: str, category: str, output: str, backbone: str, weights: str, image_size: int, epochs: int,
-    seed: int = 0, batch: int = 8, num_workers: int = 0, aupro: bool = False, **options: Any,
+    seed: int = 0, batch: int = 8, num_workers: int = 0, aupro: bool = False, resize_shorter_side: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Fit ``name`` on the shared ``weights`` of ``backbone``, test it, score it raw; the model's result row.
 
@@ -51,7 +52,7 @@ def fit_and_score(
     shared = shared_weights(backbone, parse_weights(weights), seed, output_dir)
     data = datamodule(Path(root), category, batch_size=batch, seed=seed, eval_batch_size=16, num_workers=num_workers)
     torch.manual_seed(seed)
-    model, note = build(name, shared, image_size, epochs, evaluator=evaluator(aupro), **options)
+    model, note = build(name, shared, image_size, epochs, resize_shorter_side, evaluator=evaluator(aupro), **options)
     result = fit(name, model, data, output_dir / "runs" / name, epochs, test=True, seed=seed,
                  history_keys=HISTORY_KEYS)
     if result.status != "ok":

@@ -21,6 +21,7 @@ import torch
 
 from anomalib_simplenet.components.backbone import create_network, default_layers, layer_channels, weights_source
 from anomalib_simplenet.components.packaged_weights import set_batchnorm_eps
+from anomalib_simplenet.components.pre_processing import imagenet_pre_processor
 
 from .weights import WeightsChoice, weights_kwargs
 
@@ -113,22 +114,23 @@ def resolve_model_class(name: str) -> type:
     return cls
 
 
-def pre_processor(size: int) -> Any:
-    """The same input for every model: SimpleNet's resize (antialiased) and ImageNet normalisation."""
-    from anomalib_simplenet import SimpleNet
+def pre_processor(size: int, resize_shorter_side: int | None = None) -> Any:
+    """The same input for every model: SimpleNet's resize (antialiased; or shorter side + centre crop) and ImageNet
+    normalisation."""
+    return imagenet_pre_processor(size, resize_shorter_side)
 
-    return SimpleNet.configure_pre_processor((size, size))
 
-
-def build(name: str, weights: SharedWeights, image_size: int, epochs: int, **options: Any) -> tuple[Any, str]:
+def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resize_shorter_side: int | None = None,
+          **options: Any) -> tuple[Any, str]:
     """Model ``name`` (``simplenet`` or one of :data:`PEERS`) on ``weights``; returns it and a note on what
-    differs from its defaults. ``options``: ``evaluator``, ``n_features`` (Padim, default: all channels),
-    ``coreset_ratio`` (Patchcore), or SimpleNet arguments (e.g. ``feature_cache``)."""
+    differs from its defaults. ``resize_shorter_side``: shorter-side resize + centre crop of ``image_size`` for
+    every model. ``options``: ``evaluator``, ``n_features`` (Padim, default: all channels), ``coreset_ratio``
+    (Patchcore), or SimpleNet arguments (e.g. ``feature_cache``)."""
     from anomalib.models import Glass, Padim, Patchcore, Supersimplenet
 
     from anomalib_simplenet import SimpleNet
 
-    common = {"pre_processor": pre_processor(image_size), "visualizer": False}
+    common = {"pre_processor": pre_processor(image_size, resize_shorter_side), "visualizer": False}
     if "evaluator" in options:
         common["evaluator"] = options.pop("evaluator")
     peer_options = {key: options.pop(key) for key in ("n_features", "coreset_ratio") if key in options}

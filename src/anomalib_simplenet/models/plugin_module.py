@@ -1,20 +1,22 @@
-"""Hooks every plugin model shares: reliability guards and working INT8 quantization on export."""
+"""Hooks every plugin model shares: reliability guards, working INT8 quantization on export, and the hooks the
+plugin's shared parts (pre-processor, DDP data callback) ask every model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from anomalib.data import Batch
 from lightning.pytorch import Callback
 
 from anomalib_simplenet.components.distributed import DistributedDataCallback
-from anomalib_simplenet.components.guards import (
+from anomalib_simplenet.deploy import QuantizationFixesMixin
+from anomalib_simplenet.reliability.guards import (
     check_checkpoint,
     check_checkpoint_file,
     check_export_ready,
     guard_callbacks,
 )
-from anomalib_simplenet.deploy import QuantizationFixesMixin
 
 
 class PluginModuleMixin(QuantizationFixesMixin):
@@ -37,6 +39,26 @@ class PluginModuleMixin(QuantizationFixesMixin):
         """Clear error for a checkpoint of another model class or with other architecture arguments."""
         check_checkpoint(self, checkpoint)  # type: ignore[arg-type]
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def needs_train_images(self, batch: Batch) -> bool:
+        """Whether the pre-processor must transform this training batch's images ``(N, 3, H, W)``.
+
+        Asked by :class:`~anomalib_simplenet.components.pre_processing.ExportablePreProcessor` before every
+        training step. Default ``True``; a model that serves a batch's features from a cache answers ``False``
+        for it, which saves the resize of images it would throw away.
+        """
+        del batch
+        return True
+
+    @property
+    def fixed_train_shards(self) -> bool:
+        """Whether, under DDP, each rank keeps the same training images for the whole fit.
+
+        Read by :class:`~anomalib_simplenet.components.distributed.DistributedDataCallback` at ``setup``. Default
+        ``False``: Lightning's sampler deals each rank other images every epoch. A model that keeps per-image
+        state on its rank (a feature cache) answers ``True``.
+        """
+        return False
 
     def export_fitted(self) -> bool:
         """Whether the model's own fitted state (beyond anomalib's thresholds) exists; exports refuse otherwise."""

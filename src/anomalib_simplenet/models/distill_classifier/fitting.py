@@ -1,12 +1,45 @@
-"""Collect student features of the normal training images and choose the held-out threshold images."""
+"""Fit the Gaussians on student features of the normal training images; choose the held-out threshold images."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+from anomalib_simplenet.components.distributed import gather_by_key
+
 from .networks import Student, StudentFeatures
+from .tasks import category_labels
+
+if TYPE_CHECKING:
+    from .torch_model import DistillClassifierModel
+
+
+def fit_gaussians(
+    model: DistillClassifierModel,
+    batches: Iterable,
+    pre_process: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+    holdout_fraction: float,
+    threshold_percentile: float,
+) -> None:
+    """Fit ``model``'s Gaussians and percentile threshold on the normal images of ``batches`` (anomalib batches).
+
+    Under DDP each rank embeds its shard and the features of all ranks are gathered (duplicates dropped),
+    so every rank fits the same Gaussians and threshold as one process on the whole training set.
+    """
+    features, paths = collect_features(model.student, batches, pre_process, device)
+    # Under DDP: every rank's images, once each (the sampler pads shards with repeats), in path order.
+    paths, gathered = gather_by_key(paths, *features)
+    features = type(features)(*gathered)
+    categories = model.categories
+    if len(categories) > 1:
+        category_index = category_labels(paths, categories)
+    else:
+        category_index = torch.zeros(len(paths), dtype=torch.long)
+    fit_mask = holdout_mask(paths, category_index, holdout_fraction)
+    model.fit(features, category_index, fit_mask, threshold_percentile)
 
 
 @torch.no_grad()

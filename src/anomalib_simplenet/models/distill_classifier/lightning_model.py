@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
@@ -17,23 +16,18 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_simplenet.components.distributed import average_gradients, gather_by_key, log_global_mean
-from anomalib_simplenet.components.guards import check_finite_terms
+from anomalib_simplenet.components.distributed import average_gradients, log_global_mean
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
-from anomalib_simplenet.components.size_checks import check_input_size
+from anomalib_simplenet.reliability.guards import check_finite_terms
+from anomalib_simplenet.reliability.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
-from .arguments import check_arguments, default_weight
-from .fitting import collect_features, holdout_mask
-from .loss import FeatureDistillationLoss, SoftLabelDistillationLoss
+from .arguments import check_arguments
+from .fitting import fit_gaussians
 from .networks import STAGES, stage_grid
+from .objective import DistillationObjective
 from .post_processing import PercentileThresholdPostProcessor
-from .tasks import (
-    apply_transforms,
-    category_labels,
-    fixed_transform_labels,
-    random_transform_labels,
-)
+from .tasks import data_categories
 from .teacher import TEACHER_BACKBONE, Teacher, resolve_teacher_layers
 from .torch_model import DistillClassifierModel
 
@@ -43,51 +37,12 @@ _TEACHER_STATE_KEY = "distill_classifier_teacher_trainable"
 class DistillClassifier(PluginModuleMixin, AnomalibModule):
     """Small ResNet-18 student trained on normal images; Mahalanobis scoring of its features.
 
-    **Training.** ``mode="scratch"``: the randomly initialised student learns a classification task.
-    With several categories in the training data (``categories``, or a datamodule with a ``categories``
-    attribute such as :class:`~anomalib_simplenet.data.multi_category.MultiCategoryMVTec`) the classes are
-    the categories.
-    With one category there is nothing to classify, so the task is self-supervised: predict which of
-    ``num_transforms`` geometric transforms (rotation by 0/90/180/270°, with or without a flip) was applied
-    (Golan & El-Yaniv, NeurIPS 2018) — it needs no labels and forces the features to encode the
-    orientation and structure of normal images. ``mode="distill"``: a frozen teacher (any timm
-    ``teacher_backbone``, ResNet-18 by default; ImageNet weights or ``teacher_weights``) is matched at conv2_x
-    and conv3_x with STPM's loss — by default its deepest stages at stride 4 and 8 (ResNet-18: ``layer1``/
-    ``layer2``, the student's own shapes; EfficientNet-Lite: ``blocks.1``/``blocks.2``), with training-only 1×1
-    projections of the student's maps where the teacher's channels differ — plus, when there is a category task,
-    soft-label distillation of the head from a linear probe on the teacher's pooled features. On a single
-    category that soft-label term is off by default (``soft_label_weight=None`` → 0): the transform labels
-    would have to be learned by the probe on top of the frozen teacher — with a random teacher its soft labels
-    carry no knowledge — so distillation of a single category is pure feature matching. The teacher, its
-    projections and its head exist only during ``fit`` and are not part of ``self.model``: state dicts,
-    inference and exports contain the student alone (a checkpoint keeps the projections' and head's tensors in a
-    side entry, only for resuming ``fit``).
-
-    **Scoring.** After each training epoch — before its validation, so that the post-processor's threshold and
-    normalisation see the current student, and before checkpoints are saved — Gaussians are fitted with
-    Ledoit–Wolf shrinkage on the normal training images (student in eval mode), per category: image score =
-    Mahalanobis distance of the pooled conv3_x embedding; anomaly map = per-location Mahalanobis distances of
-    the ``map_layers`` maps, each divided by ``sqrt(channels)``, averaged on the conv2_x grid, upsampled and
-    smoothed. The default uses both stages: conv2_x localises at stride 4, conv3_x adds context at stride 8, and
-    two separate Gaussians (64-d and 128-d) need ~4.5× less memory and fewer images than one on concatenated
-    192-d features. With several categories an image is scored against the nearest category's Gaussian (no
-    category label is needed at inference, so exported models work unchanged). The pooled embedding barely
-    moves for small local defects; ``image_score="map_max"`` scores images by the anomaly map's maximum instead.
-
-    **Thresholds.** A seeded ``holdout_fraction`` of the normal training images per category is kept out of the
-    Gaussian fit (the student still trains on them, so the threshold is slightly optimistic); the
-    ``threshold_percentile``-th percentile of their image scores is :attr:`percentile_threshold` (raw score
-    units). It needs no anomalous images and targets a false-alarm rate of about
-    ``1 − threshold_percentile/100`` on normal images; use it when the validation set has no (or unrepresentative)
-    defects, or when the false-alarm rate is what matters. anomalib's default (``threshold_mode="f1_adaptive"``)
-    picks the threshold maximising F1 on the validation set, which needs labelled anomalies there.
-    ``threshold_mode="percentile"`` makes the post-processor use the percentile threshold for image labels (also
-    in exported models). The percentile is interpolated between the held-out scores: with ``n`` held-out images,
-    percentiles above ``100·(1 − 1/n)`` are about the maximum.
-
-    **Early stopping.** ``val_loss`` is the training objective on the *normal* validation images (a
-    validation split disjoint from test), logged during ``fit``; monitor it with
-    ``EarlyStopping(monitor="val_loss")``. The validation set must contain normal images.
+    ``mode="scratch"`` trains the student on a classification task (the categories, or with one category which
+    rotation/flip was applied); ``mode="distill"`` matches it to a frozen teacher's features (STPM) and, with
+    several categories, to the soft labels of a probe on the teacher. After each epoch Gaussians (Ledoit–Wolf)
+    of its pooled conv3_x embedding and of its ``map_layers`` maps score images and locations by Mahalanobis
+    distance; held-out normal images give :attr:`percentile_threshold`. ``val_loss`` (the objective on normal
+    validation images) is logged for early stopping. The package's README.md explains each part and its reasons.
 
     Args:
         mode: ``"scratch"`` or ``"distill"``.
@@ -166,10 +121,10 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
             anomaly_map_sigma=anomaly_map_sigma,
             image_score=image_score,
         )
-        self.feature_loss = FeatureDistillationLoss()
-        self.soft_label_loss = SoftLabelDistillationLoss(temperature)
-        # Provisional until ``setup`` knows the data's categories (only then is "all weights 0" an error).
-        self.loss_weights = self._resolve_loss_weights(multi_category=len(categories) > 1, strict=False)
+        self.training_objective = DistillationObjective(
+            mode, feature_weight, classification_weight, soft_label_weight, temperature, num_transforms,
+            multi_category=len(categories) > 1,
+        )
         self._gaussians_stale = False
         # The teacher is a training-time tool, not part of the model: kept out of the module tree so it is
         # never saved in state dicts, moved with the model, optimised by accident or exported.
@@ -203,15 +158,16 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         """Before ``fit``: size the head and Gaussians for the data's categories, build the teacher."""
         if stage != TrainerFn.FITTING:
             return
-        categories = self._resolve_categories()
+        # No trainer (e.g. a manual setup): no datamodule.
+        categories = data_categories(self.hparams.categories, getattr(self._trainer, "datamodule", None))
         multi = len(categories) > 1
         num_classes = len(categories) if multi else self.hparams.num_transforms
         self.model.set_categories(categories, num_classes)
         # Saved with the checkpoint, so load_from_checkpoint rebuilds the same head and Gaussians.
         self.hparams["categories"] = list(categories)
-        self.loss_weights = self._resolve_loss_weights(multi)
+        self.training_objective.resolve_weights(multi)
         # A head outside the objective gets no gradient, which DDP reports as unused parameters.
-        self.model.student.fc.requires_grad_(self._uses_head)
+        self.model.student.fc.requires_grad_(self.training_objective.uses_head)
         if self.hparams.mode == "distill":
             head_classes = num_classes if self.loss_weights["soft_label"] > 0 else 0
             hparams = self.hparams
@@ -239,73 +195,15 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         """Image-score threshold from held-out normal training images (raw score units; NaN before fitting)."""
         return float(self.model.percentile_threshold)
 
-    def _resolve_categories(self) -> list[str]:
-        if self.hparams.categories:
-            return [str(c) for c in self.hparams.categories]
-        datamodule = getattr(self._trainer, "datamodule", None)  # no trainer (e.g. a manual setup): no datamodule
-        categories = getattr(datamodule, "categories", None)
-        if categories:
-            return [str(c) for c in categories]
-        category = getattr(datamodule, "category", None)
-        return [str(category) if category else "default"]
-
-    def _resolve_loss_weights(self, multi_category: bool, strict: bool = True) -> dict[str, float]:
-        hparams = self.hparams
-        distill = hparams.mode == "distill"
-        weights = {
-            "feature": float(hparams.feature_weight) if distill else 0.0,
-            "classification": default_weight(hparams.classification_weight, 0.0 if distill else 1.0),
-            "soft_label": default_weight(hparams.soft_label_weight, 1.0 if distill and multi_category else 0.0),
-        }
-        if strict and not any(weights.values()):
-            msg = f"all loss weights are 0 in mode {hparams.mode!r}: {weights}; nothing would be trained"
-            raise ValueError(msg)
-        return weights
-
     # -------------------------------------------------------------------------------------- objective
     @property
-    def _uses_head(self) -> bool:
-        return self.loss_weights["classification"] > 0 or self.loss_weights["soft_label"] > 0
-
-    def _task(
-        self,
-        images: torch.Tensor,
-        paths: Sequence[str],
-        train: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Images as the student sees them and their task labels (``None`` when the head is not trained)."""
-        if not self._uses_head:
-            return images, None
-        if len(self.model.categories) > 1:
-            return images, category_labels(paths, self.model.categories, images.device)
-        draw = random_transform_labels if train else fixed_transform_labels
-        labels = draw(len(images), self.hparams.num_transforms, images.device)
-        return apply_transforms(images, labels), labels
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each loss term (final once ``setup`` knows the data's categories)."""
+        return self.training_objective.weights
 
     def objective(self, images: torch.Tensor, paths: Sequence[str], train: bool = True) -> dict[str, torch.Tensor]:
-        """Loss terms for pre-processed normal images ``(N, 3, H, W)``.
-
-        Returns:
-            ``loss`` (the weighted student objective), its non-zero-weight terms by name, and
-            ``teacher_head`` (cross-entropy of the teacher's probe, optimised alongside) when present.
-        """
-        images, labels = self._task(images, paths, train)
-        output = self.model.student(images)
-        weights = self.loss_weights
-        terms: dict[str, torch.Tensor] = {}
-        if weights["classification"] > 0:
-            terms["classification"] = F.cross_entropy(output.logits, labels)
-        extra: dict[str, torch.Tensor] = {}
-        if self.teacher is not None:
-            teacher_maps, teacher_logits = self.teacher.to(images.device)(images)
-            if weights["feature"] > 0:
-                student_maps = [output.features.conv2_x, output.features.conv3_x]
-                terms["feature"] = self.feature_loss(*self.teacher.align(teacher_maps, student_maps))
-            if teacher_logits is not None:
-                terms["soft_label"] = self.soft_label_loss(teacher_logits, output.logits)
-                extra["teacher_head"] = F.cross_entropy(teacher_logits, labels)
-        loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
-        return {"loss": loss, **terms, **extra}
+        """Loss terms for pre-processed normal images ``(N, 3, H, W)`` (see :class:`DistillationObjective`)."""
+        return self.training_objective(self.model.student, self.teacher, images, paths, self.model.categories, train)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One optimisation step on normal training images."""
@@ -346,8 +244,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
     def fit_gaussians(self) -> None:
         """Fit the Gaussians and the percentile threshold on the training dataloader's (normal) images.
 
-        Under DDP each rank embeds its shard and the features of all ranks are gathered (duplicates dropped),
-        so every rank fits the same Gaussians and threshold as one process on the whole training set.
+        Under DDP every rank fits the same Gaussians and threshold as one process on the whole training set.
         """
         loader = self.trainer.train_dataloader
         if loader is None:
@@ -356,17 +253,8 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         pre_process = self.pre_processor
         if isinstance(pre_process, PreProcessor):
             pre_process = pre_process.transform
-        features, paths = collect_features(self.model.student, loader, pre_process, self.device)
-        # Under DDP: every rank's images, once each (the sampler pads shards with repeats), in path order.
-        paths, gathered = gather_by_key(paths, *features)
-        features = type(features)(*gathered)
-        categories = self.model.categories
-        if len(categories) > 1:
-            category_index = category_labels(paths, categories)
-        else:
-            category_index = torch.zeros(len(paths), dtype=torch.long)
-        fit_mask = holdout_mask(paths, category_index, self.hparams.holdout_fraction)
-        self.model.fit(features, category_index, fit_mask, self.hparams.threshold_percentile)
+        holdout, percentile = self.hparams.holdout_fraction, self.hparams.threshold_percentile
+        fit_gaussians(self.model, loader, pre_process, self.device, holdout, percentile)
         self._gaussians_stale = False
 
     def on_validation_start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,3 +87,15 @@ def category_labels(
             raise ValueError(msg)
         labels.append(index)
     return torch.tensor(labels, dtype=torch.long, device=device)
+
+
+def data_categories(categories: Sequence[str] | None, datamodule: Any) -> list[str]:
+    """The categories to train on: ``categories`` if given, else the datamodule's ``categories`` or ``category``
+    (``["default"]`` without either)."""
+    if categories:
+        return [str(c) for c in categories]
+    found = getattr(datamodule, "categories", None)
+    if found:
+        return [str(c) for c in found]
+    category = getattr(datamodule, "category", None)
+    return [str(category) if category else "default"]

@@ -16,7 +16,7 @@ class AnomalyFeatureGenerator(nn.Module):
 
     σ is either absolute (``noise_std``, the official code's 0.015 for ``wide_resnet50_2``) or, when
     ``noise_std`` is ``None``, ``relative_noise_std × feature_scale``: a fraction of the training features'
-    scale (see :mod:`anomalib_simplenet.components.feature_scale`), so one default suits every backbone. The
+    scale (see :mod:`anomalib_simplenet.models.simplenet.feature_scale`), so one default suits every backbone. The
     scale is a buffer (saved in checkpoints, unused at inference); it is 0 until measured.
     """
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,15 +17,16 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_simplenet.components.distributed import log_global_mean
-from anomalib_simplenet.components.feature_cache import TrainingFeatureCache, cache_mode
-from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, imagenet_pre_processor
-from anomalib_simplenet.components.size_checks import check_input_size
+from anomalib_simplenet.reliability.guards import check_finite_terms
+from anomalib_simplenet.reliability.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
+from .feature_cache import TrainingFeatureCache
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
+from .fit_caches import FitFeatureCaches
 from .loss import TruncatedL1Loss
-from .noise_scale import measure_feature_scale, noise_warning
+from .noise_scale import LearnsNothingCheck, measure_feature_scale
 from .torch_model import SimpleNetModel
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,25 @@ VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise e
 
 class SimpleNet(PluginModuleMixin, AnomalibModule):
     """SimpleNet (Liu et al., CVPR 2023): the official architecture and training, with the feature size and the noise
-    σ derived from the backbone (the official settings: ``noise_std=0.015``, configs/simplenet_official.yaml).
+    σ derived from the backbone.
+
+    The authors' setup (their MVTec AD run; ``configs/simplenet_official.yaml``)::
+
+        from anomalib_simplenet.components.pre_processing import CenterCropPreProcessor
+
+        model = SimpleNet(
+            backbone="wide_resnet50_2.tv_in1k",  # torchvision's ImageNet weights; timm's plain name is racm_in1k
+            layers=["layer2", "layer3"],  # 1536-d features and a 1024-wide discriminator follow from them
+            noise_std=0.015,  # absolute σ, tuned for these features (other backbones: leave it None)
+            image_size=288,
+            pre_processor=CenterCropPreProcessor(image_size=288, resize_shorter_side=329),  # images and masks
+        )
+        datamodule = MVTecAD(..., train_batch_size=8, val_split_mode="from_test")
+        Engine(max_epochs=160, check_val_every_n_epoch=4).fit(model, datamodule=datamodule)  # 40 × 4 epochs
+
+    The official loop evaluates after every 4 discriminator epochs and keeps the meta-epoch with the best *test*
+    AUROC; select on validation images instead (e.g. ``ModelCheckpoint(monitor="val_loss")``), and use no early
+    stopping on a loss that has not moved (:class:`anomalib_simplenet.callbacks.EarlyStoppingOnceMoved`).
 
     Args:
         backbone: timm backbone name.
@@ -132,18 +150,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             anomaly_map_sigma=anomaly_map_sigma,
             channels_last=channels_last,
         )
-        if feature_cache_max_gb <= 0:
-            msg = f"feature_cache_max_gb must be > 0, got {feature_cache_max_gb}"
-            raise ValueError(msg)
-        cache_args = {"mode": cache_mode(feature_cache), "max_bytes": int(feature_cache_max_gb * 2**30),
-                      "directory": feature_cache_dir}
-        self.training_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
-        # Validation images are as deterministic as training ones: val_loss/predictions of every epoch after the
-        # first then cost the head only.
-        # Its own folder in disk mode: the two caches are filled and freed independently.
-        if feature_cache_dir is not None:
-            cache_args["directory"] = str(Path(feature_cache_dir) / "validation")
-        self.validation_features = TrainingFeatureCache(self.model.extract_features, **cache_args)
+        self.feature_caches = FitFeatureCaches(
+            self.model.extract_features, feature_cache, feature_cache_max_gb, feature_cache_dir
+        )
         self.loss = TruncatedL1Loss(margin)
         # Two optimisers of different kinds (AdamW / Adam with L2), as the official code.
         self.automatic_optimization = False
@@ -166,7 +175,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One step on normal images: adapted vs noised features through the discriminator."""
         del args, kwargs
-        features = self.training_features(batch.image, batch.image_path)
+        features = self.feature_caches.training(batch.image, batch.image_path)
         normal_scores, noised_scores = self.model.discriminate(features)
         loss = self.loss(normal_scores, noised_scores)
         check_finite_terms(
@@ -187,28 +196,41 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         self.log("p_noised", p_noised, on_epoch=True, prog_bar=True, batch_size=size)
         return {"loss": loss.detach()}
 
+    @property
+    def training_features(self) -> TrainingFeatureCache:
+        """The training feature cache (its counts of computed and served images are read by measurements)."""
+        return self.feature_caches.training
+
     def needs_train_images(self, batch: Batch) -> bool:
         """False when every image of ``batch`` has its features in the training cache (its pre-processing is
         then skipped by the pre-processor)."""
-        return not self.training_features.holds(batch.image_path)
+        return self.feature_caches.needs_images(batch.image_path)
 
     def on_train_epoch_end(self) -> None:
-        """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
-        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged
-        if self.current_epoch == 0 and "p_normal_epoch" in metrics:
-            p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
-            logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
-            warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
-            if warning:
-                logger.warning(warning)
+        """Warn when the epoch's statistics show the signature of noise too small to learn from (validation,
+        when due this epoch, has run before this hook)."""
+        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged, and val_loss
+        if "p_normal_epoch" not in metrics:
+            return
+        p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
+        train_loss = float(metrics["train_loss_epoch"])
+        if self.current_epoch == 0:
+            logger.info("First epoch: p_normal %.3f, p_noised %.3f, loss %.3f.", p_normal, p_noised, train_loss)
+        validated = self._validations > self._validations_checked and "val_loss" in metrics
+        self._validations_checked = self._validations
+        val_loss = float(metrics["val_loss"]) if validated else None
+        warning = self._learns_nothing.after_epoch(self.current_epoch, p_normal, p_noised, train_loss, val_loss)
+        if warning:
+            logger.warning(warning)
 
     def on_train_start(self) -> None:
         """Decide whether this fit trains from the feature cache (logs why not); measure the feature scale."""
-        self.training_features.start(self.trainer, self.pre_processor)
-        self.validation_features.start(self.trainer, self.pre_processor)
+        self._learns_nothing = LearnsNothingCheck(self.model.noise_generator, self.loss.margin)
+        self._validations = self._validations_checked = 0
+        self.feature_caches.start(self.trainer, self.pre_processor)
         if self.model.noise_generator.relative:
             scale, images = measure_feature_scale(
-                self.trainer, self.pre_processor, self.training_features, self.device
+                self.trainer, self.pre_processor, self.feature_caches.training, self.device
             )
             self.model.noise_generator.set_feature_scale(scale)
             logger.info(
@@ -220,22 +242,22 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     def on_train_epoch_start(self) -> None:
         """From the first epoch after the training features are cached (at the start of fit, or in the first
         epoch with an absolute ``noise_std``), the training loader stops reading the cached images' files."""
-        self.training_features.skip_cached_images(self.trainer.train_dataloader)
+        self.feature_caches.skip_cached_images(self.trainer)
 
     def on_fit_end(self) -> None:
         """Free the feature caches: they only serve one fit."""
-        self.training_features.stop()
-        self.validation_features.stop()
+        self.feature_caches.stop()
 
     def teardown(self, stage: str) -> None:
         """Free the feature caches also when fitting stops with an error."""
         del stage
-        self.training_features.stop()
-        self.validation_features.stop()
+        self.feature_caches.stop()
 
     def on_validation_epoch_start(self) -> None:
         """Restart the validation noise, so ``val_loss`` of every epoch sees the same noise."""
         self._val_noise: torch.Generator | None = None
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._validations += 1  # a fresh val_loss for the learns-nothing check
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict on validation images (the post-processor fits its threshold and normalisation on them).
@@ -244,7 +266,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         noise from a generator reseeded every epoch, for ``EarlyStopping(monitor="val_loss")``.
         """
         del args, kwargs
-        features = self.validation_features(batch.image, batch.image_path)
+        features = self.feature_caches.validation(batch.image, batch.image_path)
         if self._trainer is not None and self.trainer.validating and batch.gt_label is not None:
             self._log_val_loss(features[batch.gt_label == 0])
         return batch.update(**self.model.predict(features, batch.image.shape[-2:])._asdict())
@@ -261,7 +283,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     @property
     def fixed_train_shards(self) -> bool:
         """Under DDP, keep each rank's training images for the whole fit, so its feature cache fills once."""
-        return self.training_features.mode != "off"
+        return self.feature_caches.fixed_shards
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

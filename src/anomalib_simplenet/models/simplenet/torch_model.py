@@ -17,11 +17,11 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_simplenet.components.backbone import create_feature_extractor, default_layers, freeze
-from anomalib_simplenet.components.feature_scale import batch_scale
-from anomalib_simplenet.components.patch_features import PatchAggregator
 
 from .anomaly_map import AnomalyMapGenerator
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD, AnomalyFeatureGenerator
+from .feature_scale import batch_scale
+from .patch_features import PatchAggregator
 
 MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
 MAX_DISCRIMINATOR_HIDDEN = 1024  # the official width, for 1536-long features

@@ -17,9 +17,9 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_simplenet.components.distributed import all_reduce_sum, batch_keys, gather_by_key
-from anomalib_simplenet.components.guards import check_finite_terms
 from anomalib_simplenet.components.pre_processing import as_size, resize_pre_processor
-from anomalib_simplenet.components.size_checks import check_input_size
+from anomalib_simplenet.reliability.guards import check_finite_terms
+from anomalib_simplenet.reliability.size_checks import check_input_size
 
 from ..plugin_module import PluginModuleMixin
 from .anomaly_map import image_score

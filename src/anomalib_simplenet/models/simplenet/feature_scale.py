@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .distributed import batch_keys, sum_over_samples
+from anomalib_simplenet.components.distributed import batch_keys, sum_over_samples
 
 
 def scale_from_moments(sums: torch.Tensor, squares: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:

@@ -6,7 +6,7 @@ return maps of the input size. Images on disk of any size are resized to ``image
 
 from __future__ import annotations
 
-from .blur import blur_margin
+from anomalib_simplenet.components.blur import blur_margin
 
 
 def check_input_size(

@@ -4,8 +4,9 @@ A frozen backbone maps the same pre-processed image to the same features every e
 change the input. With deterministic training data the features of each image are computed in the first
 epoch, kept (CPU memory or files), and served by image path in later epochs, in whatever order the sampler
 draws them. Everything random in the training step (noise, dropout) still runs every step. Under DDP each
-process caches its own shard (fixed for the fit by :class:`~.distributed.FixedShardSampler`); a shared
-``directory`` gets one sub-folder per rank, so no rank reads another's files.
+process caches its own shard (fixed for the fit by
+:class:`~anomalib_simplenet.components.distributed.FixedShardSampler`); a shared ``directory`` gets one
+sub-folder per rank, so no rank reads another's files.
 
 :func:`~.training_data.uncacheable_reason` tells whether training data is deterministic;
 :class:`FeatureCache` is the bounded store; :class:`TrainingFeatureCache` serves a fit.
@@ -23,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .distributed import rank_directory
+from anomalib_simplenet.components.distributed import rank_directory
+
 from .training_data import read_only_uncached_images, train_set_size, uncacheable_reason
 
 logger = logging.getLogger(__name__)
