@@ -154,12 +154,13 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
     def cell(row: dict[str, float]) -> str:
         return f"{fmt(row['image_auroc'], '.3f')} / {fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}"
 
-    rows = [[run["category"], run["relative_noise_std"], run["hidden"], *(cell(row) for row in run["rows"])]
+    rows = [[run["category"], str(run["relative_noise_std"]), run["hidden"], *(cell(row) for row in run["rows"])]
             for run in runs]
     for relative, hidden in sorted({(run["relative_noise_std"], str(run["hidden"])) for run in runs}):
         chosen = [run for run in runs if (run["relative_noise_std"], str(run["hidden"])) == (relative, hidden)]
         means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        rows.append([f"mean image AUROC ({len(chosen)} categories)", relative, hidden, *(fmt(m, ".3f") for m in means)])
+        rows.append([f"mean image AUROC ({len(chosen)} categories)", str(relative), hidden,
+                     *(fmt(m, ".3f") for m in means)])
     lines = ["image AUROC / pixel AUROC / validation loss on validation images (raw scores), per epoch", "",
              markdown_table(["category", "σ (relative)", "hidden", *map(str, range(1, epochs + 1))], rows)]
     if reference:
