@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from anomalib_simplenet.components.tf_inception import (
     use_tf_pooling,
 )
 
-from .conftest import REPO_ROOT, mvtec_datamodule
+from .conftest import mvtec_datamodule
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -159,11 +158,10 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_injected_benchmark_weights_get_the_tf_pooling(package_file: Path) -> None:
-    spec = importlib.util.spec_from_file_location("perf_tools", REPO_ROOT / "benchmarks" / "perf_tools.py")
-    perf_tools = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf_tools)
+    from anomalib_simplenet.lab.peers import injected_timm_weights
+
     network = create_network("inception_v3", pre_trained=True).eval()
-    with perf_tools.injected_timm_weights(network.state_dict()) as created:
+    with injected_timm_weights(network.state_dict()) as created:
         peer = timm.create_model("inception_v3", features_only=True, out_indices=[2, 3]).eval()
     assert created == ["inception_v3"]
     images = torch.rand(1, 3, SIZE, SIZE)

@@ -222,7 +222,7 @@ def prepare_network(model: nn.Module, backbone: str) -> nn.Module:
 
     ``inception_v3`` gets the TF graph's pooling (:func:`.tf_inception.use_tf_pooling`); other backbones are
     returned as they are. Every network built here goes through it, and so must anomalib's networks that
-    receive the same weights (``benchmarks/perf_tools.py``). ``backbone`` may carry a timm tag (``name.tag``).
+    receive the same weights (``lab.peers.injected_timm_weights``). ``backbone`` may carry a timm tag (``name.tag``).
     """
     if backbone.split(".")[0] == "inception_v3":
         use_tf_pooling(model)
