@@ -75,6 +75,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_max_gb: bound of the cache in GiB.
         feature_cache_dir: folder for ``feature_cache="disk"`` (default: a temporary folder, removed after fit).
         channels_last: channels-last backbone weights (faster convolutions; same numbers).
+        grid_alignment: place the anomaly map where the backbone's cells really look (their positions are
+            measured once from the backbone, without data, and saved with the model); ``False`` reproduces the
+            official SimpleNet maps exactly, which sit down-right of the defects by up to a defect's radius.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """
 
@@ -102,6 +105,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_max_gb: float = 4.0,
         feature_cache_dir: str | None = None,
         channels_last: bool = True,
+        grid_alignment: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -131,6 +135,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             relative_noise_std=relative_noise_std,
             anomaly_map_sigma=anomaly_map_sigma,
             channels_last=channels_last,
+            grid_alignment=grid_alignment,
         )
         if feature_cache_max_gb <= 0:
             msg = f"feature_cache_max_gb must be > 0, got {feature_cache_max_gb}"
