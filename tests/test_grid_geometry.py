@@ -126,3 +126,12 @@ def test_map_offset_measures_a_known_shift() -> None:
     assert map_offsets(torch.rand(1, 1, 64, 64), no_defect).shape == (0, 2)
     with pytest.raises(ValueError, match="differ in size"):
         map_offsets(maps, masks[:, :, :32])
+
+
+def test_kept_weights_serve_inference_and_autograd_alike() -> None:
+    geometry = torch.tensor([[-3.0, -2.0], [8.0, 8.0]])
+    with torch.inference_mode():
+        first = resample(torch.ones(1, 1, 4, 4), (32, 32), geometry)
+    maps = torch.rand(1, 1, 4, 4, requires_grad=True)
+    resample(maps, (32, 32), geometry).sum().backward()  # the same kept weights, now in an autograd graph
+    assert maps.grad is not None and torch.allclose(first, torch.ones_like(first))

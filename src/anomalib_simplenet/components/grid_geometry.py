@@ -145,6 +145,42 @@ def interpolation_weights(
 PIXEL_GRID = ((0.0, 0.0), (1.0, 1.0))  # the input pixels themselves: offset 0, stride 1
 
 
+_WEIGHTS_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_WEIGHTS_CACHE_SIZE = 32
+
+
+def tracing() -> bool:
+    """True while torch.export / ONNX / TorchScript traces the model (no Python-side caching then)."""
+    compiler = getattr(torch, "compiler", None)
+    exporting = compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
+    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _weights(
+    source_size: tuple, size: tuple, source: torch.Tensor, target: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column interpolation matrices; outside tracing they are kept per sizes and geometry (at batch 1
+    building them costs more than using them)."""
+    key = None
+    if not tracing():
+        key = (source_size, size, tuple(source.flatten().tolist()), tuple(target.flatten().tolist()), dtype,
+               source.device)  # fmt: skip
+        if key in _WEIGHTS_CACHE:
+            return _WEIGHTS_CACHE[key]
+    if key is None:
+        rows = interpolation_weights(source_size[0], size[0], source[:, 0], target[:, 0], dtype)
+        cols = interpolation_weights(source_size[1], size[1], source[:, 1], target[:, 1], dtype)
+        return rows, cols
+    # Plain constants (not inference tensors), usable whatever mode the next call runs in.
+    with torch.inference_mode(False), torch.no_grad():
+        rows = interpolation_weights(source_size[0], size[0], source[:, 0].clone(), target[:, 0].clone(), dtype)
+        cols = interpolation_weights(source_size[1], size[1], source[:, 1].clone(), target[:, 1].clone(), dtype)
+        if len(_WEIGHTS_CACHE) >= _WEIGHTS_CACHE_SIZE:
+            _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
+        _WEIGHTS_CACHE[key] = (rows, cols)
+    return rows, cols
+
+
 def resample(
     maps: torch.Tensor,
     size: tuple[int, int] | torch.Size,
@@ -164,8 +200,7 @@ def resample(
     if target is None:
         target = torch.tensor(PIXEL_GRID, device=source.device)
     dtype = torch.promote_types(maps.dtype, torch.float32)
-    rows = interpolation_weights(maps.shape[-2], size[0], source[:, 0], target[:, 0], dtype)  # (H, h)
-    cols = interpolation_weights(maps.shape[-1], size[1], source[:, 1], target[:, 1], dtype)  # (W, w)
+    rows, cols = _weights(tuple(maps.shape[-2:]), tuple(size), source, target, dtype)  # (H, h), (W, w)
     resampled = torch.matmul(maps.to(dtype), cols.transpose(0, 1))  # (N, C, h, W)
     resampled = torch.matmul(resampled.transpose(-1, -2), rows.transpose(0, 1)).transpose(-1, -2)
     return resampled.to(maps.dtype)

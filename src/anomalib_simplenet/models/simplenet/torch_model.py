@@ -18,7 +18,12 @@ from torch import nn
 
 from anomalib_simplenet.components.backbone import create_feature_extractor, default_layers, freeze
 from anomalib_simplenet.components.feature_scale import batch_scale
-from anomalib_simplenet.components.grid_geometry import measure_module_geometry, naive_geometry, register_geometry
+from anomalib_simplenet.components.grid_geometry import (
+    measure_module_geometry,
+    naive_geometry,
+    register_geometry,
+    tracing,
+)
 from anomalib_simplenet.components.patch_features import PatchAggregator
 
 from .anomaly_map import AnomalyMapGenerator
@@ -40,13 +45,6 @@ def default_discriminator_hidden(embed_dim: int) -> int:
     the arithmetic of 152 for no measurable gain (benchmarks/simplenet_sweep.py).
     """
     return min(MAX_DISCRIMINATOR_HIDDEN, embed_dim)
-
-
-def _tracing() -> bool:
-    """True while torch.export / ONNX / TorchScript traces the model (no Python-side caching then)."""
-    compiler = getattr(torch, "compiler", None)
-    exporting = compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
-    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 def _xavier_init(module: nn.Module) -> None:
@@ -192,7 +190,7 @@ class SimpleNetModel(nn.Module):
         """
         adapter_out, discriminator_in = self.adapter[-1], self.discriminator[0]
         parameters = (adapter_out.weight, adapter_out.bias, discriminator_in.weight, discriminator_in.bias)
-        reuse = not torch.is_grad_enabled() and not _tracing()
+        reuse = not torch.is_grad_enabled() and not tracing()
         key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None) if reuse else None
         if key is not None and self._fused_cache is not None and self._fused_cache[0] == key:
             return self._fused_cache[1]
