@@ -24,7 +24,7 @@ OVERLAYS = {
     "simplenet_adapter2": ("simplenet", {"adapter_layers": 2}),
     "simplenet_official": ("simplenet", {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"],
                                          "pretrain_embed_dim": 1536, "target_embed_dim": 1536, "noise_std": 0.015,
-                                         "image_size": 288}),
+                                         "image_size": 288, "grid_alignment": False}),
     "distill_classifier_scratch": (
         "distill_classifier", {"mode": "scratch", "pre_trained": False, "classification_weight": None},
     ),
