@@ -7,12 +7,15 @@ further down-right, and trained weights move it again (ImageNet EfficientNet-Lit
 pixels about 13 px up-left of the assumed centre). Every upsampled anomaly map then sits down-right of the
 defect it found.
 
-The geometry is therefore *measured* from the network itself, without data: the squared input gradient of one
-cell's features is its effective receptive field, and its centroid is the cell's position. One rule covers every
-padding scheme, branch layout and what training did to the weights, where an analytic walk over the modules
-needs a case per layer type and still misses the trained weights. Squared gradients of random ±1 channel
-projections estimate the sum of squared per-channel gradients without one backward pass per channel. The probe
-cells are next to the centre of a probe image: interior cells are translates of each other.
+The geometry is therefore *measured* from the network itself, without data: a small Gaussian blob (a defect)
+on a flat image at the normalised mean colour (neutral) changes the features of the cells around it most where a
+cell looks, so the response-weighted mean over the cells, mapped back through ``offset + stride · index``, must
+land on the blob. One rule covers zero, "valid" and "same" padding, any branch layout and what training did to
+the weights, where an analytic walk over the modules needs a case per layer type and still misses the trained
+weights. Dark and bright blobs at eight sub-cell phases near the probe's centre average out sampling and
+polarity; interior cells are translates of each other, so central ones give the interior geometry. A probe
+of input gradients instead (the effective receptive field on noise) gave the same offsets within about 1 px
+but needs a backward pass and random inputs.
 
 Positions are ``offset + stride · index`` in pixel-centre coordinates (pixel ``p`` is centred on ``p``), per axis,
 stored as ``(L, 2, 2)`` tensors ``[layer, (offset, stride), (y, x)]``.
