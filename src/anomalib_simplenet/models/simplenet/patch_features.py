@@ -3,7 +3,7 @@
 Each location of a feature map is described by its ``k×k`` neighbourhood; the flattened neighbourhood vector
 (channel-major: ``c, ky, kx``) is averaged down to a fixed length with adaptive 1-D average pooling, deeper
 layers are bilinearly resampled onto the first layer's grid (at the cells' true input positions when a grid
-geometry is given, see :mod:`.grid_geometry`), and all layers are pooled together to the target
+geometry is given, see :mod:`anomalib_simplenet.components.grid_geometry`), and all layers are pooled together to the target
 length. Pooling acts on channels and resizing on space, so they commute: we pool *before* resizing, which
 gives the same result as the official order at a fraction of the memory.
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grid_geometry import resample
+from anomalib_simplenet.components.grid_geometry import resample
 
 
 def adaptive_pool_matrix(in_channels: int, out_channels: int) -> torch.Tensor:
@@ -157,7 +157,7 @@ class PatchAggregator(nn.Module):
 
         Args:
             feature_maps: the backbone's maps, the first one setting the output grid.
-            geometry: ``(L, 2, 2)`` cell positions of each layer (:mod:`.grid_geometry`); deeper layers are then
+            geometry: ``(L, 2, 2)`` cell positions of each layer (:mod:`anomalib_simplenet.components.grid_geometry`); deeper layers are then
                 sampled where the first layer's cells are. ``None``: ``F.interpolate(align_corners=False)``,
                 which assumes cell ``i`` of a stride-``s`` map at pixel ``s·i + (s − 1)/2`` (the official maths).
         """
