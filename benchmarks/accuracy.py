@@ -64,17 +64,22 @@ def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
     """The table: raw-score metrics with their normalised twins, anomalib's F1, cost, settings."""
     ok = [row for row in results.values() if "error" not in row]
     f1 = [key for key in ("image_F1Score", "pixel_F1Score") if any(key in row for row in ok)]
-    columns = ["model", *metric_header(ok), *f1, "fit s", "test img/s", "epochs", "peak RSS MB", "settings"]
+    offset = ["map offset dx, dy px"] if any("map_offset_x" in row for row in ok) else []
+    columns = ["model", *metric_header(ok), *f1, *offset, "fit s", "test img/s", "epochs", "peak RSS MB", "settings"]
     rows = []
     for name, row in results.items():
         if "error" in row:
             rows.append([name, f"failed: {row['error']}", *[""] * (len(columns) - 3), fmt(row.get("peak_rss_mb"), ".0f")])
             continue
-        rows.append([name, *metric_cells(row, ok), *(fmt(row.get(key), ".3f") for key in f1), fmt(row["fit_s"], ".0f"),
+        shift = [f"{fmt(row.get('map_offset_x'), '+.1f')}, {fmt(row.get('map_offset_y'), '+.1f')}"] if offset else []
+        rows.append([name, *metric_cells(row, ok), *(fmt(row.get(key), ".3f") for key in f1), *shift,
+                     fmt(row["fit_s"], ".0f"),
                      fmt(row["test_images_per_s"], ".1f"), row["epochs"], fmt(row.get("peak_rss_mb"), ".0f"),
                      row["note"]])
     note = ("raw = the models' own scores; normalised = after anomalib's post-processor (min-max with validation "
-            "statistics, clamped to [0, 1]); pixel metrics on maps shrunk to ≤128 px; F1: anomalib's Engine.test")
+            "statistics, clamped to [0, 1]); pixel metrics on maps shrunk to ≤128 px; F1: anomalib's Engine.test; "
+            "map offset: centroid of each defective image's hottest 1 % minus its mask's, mean, in input pixels "
+            "(+ = right / below)")
     return f"{header}\n\n{note}\n\n{markdown_table(columns, rows)}"
 
 

@@ -62,3 +62,14 @@ def test_aupro_on_raw_maps_rewards_the_defect_regions() -> None:
     maps = masks * 50.0 + np.random.default_rng(0).random((4, 16, 16))  # raw units, far above 1
     assert aupro(masks, maps) == pytest.approx(1.0) and aupro(masks, -maps) == pytest.approx(0.0)
     assert math.isnan(aupro(None, maps))
+
+
+def test_map_offset_is_reported_in_input_pixels() -> None:
+    """A hot spot 3 map pixels right of and 1 below each defect, on maps shrunk 2× from the input: (+6, +2) px."""
+    masks = np.zeros((3, 32, 32), bool)
+    masks[0, 10:14, 10:14] = masks[1, 20:24, 4:8] = True  # image 2 is normal: no offset counted for it
+    maps = np.zeros((3, 32, 32), np.float32)
+    maps[0, 11:15, 13:17] = maps[1, 21:25, 7:11] = 1.0
+    values = metrics(Predictions(np.zeros(3), np.array([1, 1, 0]), maps, masks, map_scale=(2.0, 2.0)))
+    assert values["map_offset_x"] == pytest.approx(6.0) and values["map_offset_y"] == pytest.approx(2.0)
+    assert "map_offset_x" not in metrics(Predictions(np.zeros(3), np.array([1, 1, 0]), maps, None))

@@ -28,6 +28,8 @@ from anomalib.metrics.threshold.f1_adaptive_threshold import _F1AdaptiveThreshol
 from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 
+from .map_offset import mean_map_offset
+
 PIXEL_SIZE = 128
 
 
@@ -44,6 +46,7 @@ class Predictions:
     masks: np.ndarray | None
     normalised_scores: np.ndarray | None = None
     normalised_maps: np.ndarray | None = None
+    map_scale: tuple[float, float] = (1.0, 1.0)  # input pixels per ``maps`` pixel, (x, y)
 
 
 def _small(tensor: torch.Tensor, mode: str, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -91,8 +94,10 @@ def predict(model: AnomalibModule, batches: Iterable) -> Predictions:
             columns["masks"].append(torch.zeros_like(columns["maps"][-1], dtype=torch.bool))
     network.train(was_training)
     arrays = {k: torch.cat(v).numpy() if v else None for k, v in columns.items()}
+    small = arrays["maps"].shape[-2:]
     return Predictions(arrays["scores"], arrays["labels"], arrays["maps"].astype(np.float32),
-                       arrays["masks"] if has_mask else None, arrays["nscores"], arrays["nmaps"])
+                       arrays["masks"] if has_mask else None, arrays["nscores"], arrays["nmaps"],
+                       map_scale=(shape[1] / small[1], shape[0] / small[0]))
 
 
 def _unit(values: np.ndarray) -> torch.Tensor:
@@ -121,7 +126,8 @@ def aupro(masks: np.ndarray | None, maps: np.ndarray | None) -> float:
 
 
 def metrics(predictions: Predictions, with_aupro: bool = False) -> dict[str, float]:
-    """``image_auroc``, ``pixel_auroc`` (and ``pixel_aupro``) on raw scores, each with its ``_normalised`` twin."""
+    """``image_auroc``, ``pixel_auroc`` (and ``pixel_aupro``) on raw scores, each with its ``_normalised`` twin;
+    with masks, the mean signed map offset ``map_offset_x`` / ``_y`` in input pixels (:mod:`.map_offset`)."""
     p = predictions
     values = {}
     for suffix, scores, maps in (("", p.scores, p.maps), ("_normalised", p.normalised_scores, p.normalised_maps)):
@@ -131,6 +137,9 @@ def metrics(predictions: Predictions, with_aupro: bool = False) -> dict[str, flo
         values[f"pixel_auroc{suffix}"] = math.nan if p.masks is None else auroc(p.masks.reshape(-1), maps.reshape(-1))
         if with_aupro:
             values[f"pixel_aupro{suffix}"] = aupro(p.masks, maps)
+    if p.masks is not None:  # normalisation is monotonic: the hottest pixels, and so the offset, are the same
+        offset_x, offset_y = mean_map_offset(torch.as_tensor(p.maps), torch.as_tensor(p.masks))
+        values["map_offset_x"], values["map_offset_y"] = offset_x * p.map_scale[0], offset_y * p.map_scale[1]
     return values
 
 

@@ -95,6 +95,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_dtype: precision the cached features are stored in: ``"float32"`` or ``"float16"`` (half
             the memory; rounding of relative size 2⁻¹¹, far below the training noise) or ``"bfloat16"``.
         channels_last: channels-last backbone weights (faster convolutions; same numbers).
+        grid_alignment: place the anomaly map where the backbone's cells really look (their positions are
+            measured once from the backbone, without data, and saved with the model); ``False`` reproduces the
+            official SimpleNet maps exactly, which sit down-right of the defects by up to a defect's radius.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """
 
@@ -123,6 +126,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
         channels_last: bool = True,
+        grid_alignment: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -152,6 +156,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             relative_noise_std=relative_noise_std,
             anomaly_map_sigma=anomaly_map_sigma,
             channels_last=channels_last,
+            grid_alignment=grid_alignment,
         )
         self.feature_caches = FitFeatureCaches(
             self.model.extract_features, feature_cache, feature_cache_max_gb, feature_cache_dir, feature_cache_dtype
