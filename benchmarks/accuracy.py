@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="training batch size (evaluation: 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--no-location-gaussian", action="store_true",
+                        help="SimpleNet scores with its discriminator alone (the official scoring)")
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only write the table of the accuracy.json files in these output folders (runs split "
                              "over processes); the first header is used, the others are printed")
@@ -116,6 +118,10 @@ def build(name: str, args: argparse.Namespace, state: dict[str, torch.Tensor], e
             path = args.output / "random_backbone.pth"
             torch.save(state, path)
             weights["backbone_weights"] = str(path)
+        if args.no_location_gaussian:
+            model = SimpleNet(backbone=args.backbone, image_size=args.image_size, location_gaussian=False, **weights,
+                              **common)
+            return model, "discriminator alone (location_gaussian=False)"
         return SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights, **common), "defaults"
     size = (args.image_size, args.image_size)
     with injected_timm_weights(state, bn_eps=eps) as created:

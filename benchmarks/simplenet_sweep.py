@@ -15,6 +15,8 @@ For reference, the same validation images are scored without training, on the sa
 feature-map location (Padim's model), one Gaussian for all locations, and the distance to the nearest of
 ``--bank`` random training locations (Patchcore's score without the coreset). The first uses *where* a feature
 sits; SimpleNet's discriminator, like the other two, sees one location at a time wherever it is.
+``--location-gaussian 0 1`` trains every setting twice: scored by the discriminator alone (the official scoring) and
+with SimpleNet's per-location Gaussian next to it (its default, fitted on the cached training features first).
 
 Prints and writes (``sweep.md``, ``sweep.json`` in ``--output``) the curves per category and setting, the mean
 over categories per setting and epoch (the basis of the defaults, README's SimpleNet section) and the references.
@@ -23,6 +25,7 @@ over categories per setting and epoch (the basis of the defaults, README's Simpl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -54,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relative-noise", nargs="*", type=float, default=[0.2, 0.4, 0.8])
     parser.add_argument("--hidden", nargs="+", type=int, default=[None],
                         help="discriminator widths (default: SimpleNet's)")
+    parser.add_argument("--location-gaussian", nargs="+", type=int, default=[0, 1], choices=[0, 1],
+                        help="score with the discriminator alone (0, official) and/or with the per-location Gaussian")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -150,9 +155,10 @@ def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tens
 
 def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[str, float]]) -> str:
     """Per category and setting, and averaged over categories: image AUROC / pixel AUROC / val loss per epoch."""
-    header = "| category | σ (relative) | hidden | " + " | ".join(str(e) for e in range(1, epochs + 1)) + " |"
+    header = ("| category | σ (relative) | hidden | location Gaussian | " + " | ".join(str(e) for e in range(1, epochs + 1))
+              + " |")
     lines = ["image AUROC / pixel AUROC / validation loss on validation images, per epoch", "", header,
-             "|---" * (epochs + 3) + "|"]
+             "|---" * (epochs + 4) + "|"]
 
     def cell(row: dict[str, float]) -> str:
         pixel = f"{row['pixel_auroc']:.3f}" if "pixel_auroc" in row else "–"
@@ -160,12 +166,15 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
 
     for run in runs:
         lines.append(f"| {run['category']} | {run['relative_noise_std']} | {run['hidden']} | "
-                     + " | ".join(cell(row) for row in run["rows"]) + " |")
-    settings = sorted({(run["relative_noise_std"], str(run["hidden"])) for run in runs})
-    for relative, hidden in settings:
-        chosen = [run for run in runs if (run["relative_noise_std"], str(run["hidden"])) == (relative, hidden)]
+                     f"{run['location_gaussian']} | " + " | ".join(cell(row) for row in run["rows"]) + " |")
+
+    def setting(run: dict[str, Any]) -> tuple[float, str, bool]:
+        return run["relative_noise_std"], str(run["hidden"]), run["location_gaussian"]
+
+    for relative, hidden, gaussian in sorted({setting(run) for run in runs}):
+        chosen = [run for run in runs if setting(run) == (relative, hidden, gaussian)]
         means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        lines.append(f"| mean image AUROC ({len(chosen)} categories) | {relative} | {hidden} | "
+        lines.append(f"| mean image AUROC ({len(chosen)} categories) | {relative} | {hidden} | {gaussian} | "
                      + " | ".join(f"{m:.3f}" for m in means) + " |")
     if reference:
         names = list(next(iter(reference.values())))
@@ -195,16 +204,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.bank > 0:
             reference[category] = references(train, val, args.bank)
             print(json.dumps({category: reference[category]}), flush=True)
-        for hidden in args.hidden:
-            for relative in args.relative_noise:
-                model = build(args, relative_noise_std=relative, discriminator_hidden=hidden)
-                hidden_width = model.model.discriminator[0].out_channels
-                print(f"{category}: relative σ {relative}, discriminator width {hidden_width}", flush=True)
-                rows = train_curve(model, train, val, args, scale)
-                runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
-                             "rows": rows})
-                (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference},
-                                                                   indent=1))
+        for hidden, relative, gaussian in itertools.product(args.hidden, args.relative_noise, args.location_gaussian):
+            model = build(args, relative_noise_std=relative, discriminator_hidden=hidden,
+                          location_gaussian=bool(gaussian))
+            start = time.perf_counter()
+            if gaussian:
+                model.model.location_gaussian.fit(train.float().split(64))
+            hidden_width = model.model.discriminator[0].out_channels
+            print(f"{category}: relative σ {relative}, discriminator width {hidden_width}, location Gaussian "
+                  f"{bool(gaussian)} (fitted in {time.perf_counter() - start:.1f} s)", flush=True)
+            rows = train_curve(model, train, val, args, scale)
+            runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
+                         "location_gaussian": bool(gaussian), "rows": rows})
+            (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference}, indent=1))
     table = markdown(runs, args.epochs, reference)
     (args.output / "sweep.md").write_text(table + "\n")
     print(table)
