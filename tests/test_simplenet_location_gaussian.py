@@ -46,9 +46,9 @@ def test_terms_are_standardised_on_normal_training_features() -> None:
     train = located_features(300)
     ensemble = LocationGaussianEnsemble(4).fit([train])
     for _ in range(200):  # running statistics of the discriminator's normal scores converge to their mean / std
-        ensemble.track(3.0 + 2.0 * torch.randn(4096))
-    assert ensemble.score_stats[0] == pytest.approx(3.0, abs=0.1)
-    assert ensemble.score_stats[1] == pytest.approx(2.0, rel=0.05)
+        ensemble.track(3.0 + 2.0 * torch.randn(4096, 1, 1, 1))
+    assert ensemble.score_norm.running_mean.item() == pytest.approx(3.0, abs=0.1)
+    assert ensemble.score_norm.running_var.sqrt().item() == pytest.approx(2.0, rel=0.05)
     scores = 3.0 + 2.0 * torch.randn(300, 1, 3, 3)
     combined = ensemble(located_features(300, seed=3), scores)  # new normal images
     assert combined.mean() == pytest.approx(0.0, abs=0.15)  # both terms ~ zero mean on normal features
@@ -75,8 +75,8 @@ def test_model_scores_with_the_ensemble_and_reloads_it() -> None:
     features = model.extract_features(images)
     model.location_gaussian.fit([features])
     normal, _ = model.discriminate(features)
-    assert bool(model.location_gaussian.tracked)
-    torch.testing.assert_close(model.location_gaussian.score_stats[0], -normal.mean())
+    # One step of the running mean from 0 towards the batch's mean anomaly score, with BatchNorm's momentum.
+    torch.testing.assert_close(model.location_gaussian.score_norm.running_mean, 0.1 * -normal.mean().reshape(1))
     model.eval()
     plain = -model._post_discriminator(torch.nn.functional.conv2d(features, *model._fused_linear()[:2]))
     expected = model.location_gaussian(features, plain)

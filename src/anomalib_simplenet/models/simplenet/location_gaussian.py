@@ -19,7 +19,7 @@ from torch import nn
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 
 LOCATION_CHUNK = 64  # locations fitted at once: bounds the float64 working memory to ~N·64·D values
-TRACK_MOMENTUM = 0.1  # running statistics of the discriminator's normal scores, as BatchNorm's
+TRACK_MOMENTUM = 0.1  # running statistics of the discriminator's normal scores: BatchNorm's default
 
 
 class LocationGaussianEnsemble(nn.Module):
@@ -29,8 +29,9 @@ class LocationGaussianEnsemble(nn.Module):
         dim: feature length ``D``.
 
     Buffers (saved in checkpoints, exported): ``mean`` ``(G, D)`` and ``precision`` ``(G, D, D)`` of the ``G = h·w``
-    Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` and the discriminator score's
-    running ``score_stats`` (mean, std).
+    Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the discriminator
+    score's running mean and variance, kept by a one-channel BatchNorm (``score_norm``) that only tracks: it behaves
+    as the discriminator's own BatchNorm layers do (momentum, per-process statistics under DDP, frozen with them).
     """
 
     def __init__(self, dim: int) -> None:
@@ -39,8 +40,7 @@ class LocationGaussianEnsemble(nn.Module):
         self.register_buffer("mean", torch.zeros(0, dim))
         self.register_buffer("precision", torch.zeros(0, dim, dim))
         self.register_buffer("gaussian_stats", torch.tensor([0.0, 1.0]))
-        self.register_buffer("score_stats", torch.tensor([0.0, 1.0]))
-        self.register_buffer("tracked", torch.tensor(False))
+        self.score_norm = nn.BatchNorm2d(1, affine=False, momentum=TRACK_MOMENTUM)
 
     @property
     def fitted(self) -> bool:
@@ -106,15 +106,17 @@ class LocationGaussianEnsemble(nn.Module):
 
     @torch.no_grad()
     def track(self, normal_scores: torch.Tensor) -> None:
-        """Update the running mean and std of the discriminator's anomaly scores on normal training features."""
-        batch = torch.stack([normal_scores.mean(), normal_scores.std().clamp_min(1e-6)]).to(self.score_stats)
-        if not bool(self.tracked):
-            self.score_stats.copy_(batch)
-            self.tracked.fill_(True)
-        else:
-            self.score_stats.lerp_(batch, TRACK_MOMENTUM)
+        """Update the running mean and variance of the discriminator's anomaly scores ``(N, 1, h, w)`` on normal
+        training features (in training mode only, as BatchNorm)."""
+        if self.training:
+            self.score_norm(normal_scores)
+
+    def standardised_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Discriminator scores ``(N, 1, h, w)`` in units of their running spread on normal training features."""
+        norm = self.score_norm
+        return (scores - norm.running_mean) / (norm.running_var + norm.eps).sqrt()
 
     def forward(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Combined anomaly scores ``(N, 1, h, w)`` from features ``(N, D, h, w)`` and discriminator scores."""
         gaussian = (self.distance(features) - self.gaussian_stats[0]) / self.gaussian_stats[1]
-        return gaussian + (scores - self.score_stats[0]) / self.score_stats[1]
+        return gaussian + self.standardised_scores(scores)
