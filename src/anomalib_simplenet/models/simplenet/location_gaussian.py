@@ -28,8 +28,9 @@ class LocationGaussianEnsemble(nn.Module):
     Args:
         dim: feature length ``D``.
 
-    Buffers (saved in checkpoints, exported): ``mean`` ``(G, D)`` and ``precision`` ``(G, D, D)`` of the ``G = h·w``
-    Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the discriminator
+    Buffers (saved in checkpoints, exported): ``mean`` ``(G, D)`` and ``whitening`` ``(G, D, D)`` (the Cholesky factor
+    ``L`` of each precision ``P = L·Lᵀ``: its values span the square root of the precision's range, so an FP16 export
+    stores them in f16) of the ``G = h·w`` Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the discriminator
     score's running mean and variance, kept by a one-channel BatchNorm (``score_norm``) that only tracks: it behaves
     as the discriminator's own BatchNorm layers do (momentum, per-process statistics under DDP, frozen with them).
     """
@@ -38,7 +39,7 @@ class LocationGaussianEnsemble(nn.Module):
         super().__init__()
         self.dim = dim
         self.register_buffer("mean", torch.zeros(0, dim))
-        self.register_buffer("precision", torch.zeros(0, dim, dim))
+        self.register_buffer("whitening", torch.zeros(0, dim, dim))
         self.register_buffer("gaussian_stats", torch.tensor([0.0, 1.0]))
         self.score_norm = nn.BatchNorm2d(1, affine=False, momentum=TRACK_MOMENTUM)
 
@@ -49,7 +50,7 @@ class LocationGaussianEnsemble(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the grid size ``G`` of a saved ensemble before loading it (the buffers start empty)."""
-        for name in ("mean", "precision"):
+        for name in ("mean", "whitening"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -80,15 +81,15 @@ class LocationGaussianEnsemble(nn.Module):
     def _fit_gaussians(self, features: torch.Tensor) -> None:
         """One Ledoit–Wolf-shrunk Gaussian per location of ``features`` ``(N, D, h, w)``, in chunks of locations."""
         samples = features.flatten(2).transpose(1, 2)  # (N, G, D)
-        means, precisions = [], []
+        means, factors = [], []
         for start in range(0, samples.shape[1], LOCATION_CHUNK):
             chunk = samples[:, start : start + LOCATION_CHUNK]
             gaussian = MahalanobisDistance(self.dim, groups=chunk.shape[1]).fit(chunk)
             means.append(gaussian.mean)
-            precisions.append(gaussian.precision)
+            factors.append(torch.linalg.cholesky(gaussian.precision.double()).float())
         device = self.mean.device
         self.mean = torch.cat(means).to(device)
-        self.precision = torch.cat(precisions).to(device)
+        self.whitening = torch.cat(factors).to(device)
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``(N, 1, h, w)`` of features ``(N, D, h, w)`` to their locations' Gaussians."""
@@ -101,7 +102,7 @@ class LocationGaussianEnsemble(nn.Module):
                    "use the input size it was trained with")
             raise ValueError(msg)
         delta = (features.flatten(2).transpose(1, 2) - self.mean).transpose(0, 1)  # (G, N, D)
-        squared = (torch.matmul(delta, self.precision) * delta).sum(dim=-1)  # (G, N)
+        squared = torch.matmul(delta, self.whitening).square().sum(dim=-1)  # (G, N): δᵀ·L·Lᵀ·δ
         return squared.clamp_min(0).sqrt().transpose(0, 1).reshape(count, 1, height, width)
 
     @torch.no_grad()
