@@ -9,30 +9,30 @@ weights are ``--weights`` (default ``packaged``: ImageNet, no network needed). T
 split (``val_split_mode=from_test``: anomalib's post-processor sets its threshold there), disjoint from the
 test half on which every number is computed. ``DBSCANPostProcessor`` runs in ``report`` mode with the training
 images as the normal reference, so nothing is fitted on test images. Prints a Markdown table per model (the
-DBSCAN metrics next to the model's own image AUROC/F1) and leaves the CSV and plots in each run folder.
+DBSCAN metrics next to the model's own image AUROC, raw and normalised, and image F1) and leaves the CSV and plots
+in each run folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from anomalib.data import MVTecAD
-from anomalib.engine import Engine
 
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
-from anomalib_simplenet.components.weights_option import (
+from anomalib_simplenet.callbacks import DBSCANPostProcessor
+from anomalib_simplenet.lab.data import datamodule, subset
+from anomalib_simplenet.lab.fit import fit
+from anomalib_simplenet.lab.report import fmt, markdown_table
+from anomalib_simplenet.lab.scores import raw_metrics
+from anomalib_simplenet.lab.weights import (
     DEFAULT_BACKBONE,
     SIMPLENET_LITE0,
-    WeightsChoice,
     add_weights_argument,
     weights_description,
     weights_kwargs,
 )
-from anomalib_simplenet.callbacks import DBSCANPostProcessor
-from anomalib_simplenet.data.subset import make_subset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = {
@@ -45,21 +45,22 @@ MODELS = {
 }
 
 
-def run(name: str, args: argparse.Namespace, root: Path) -> tuple[dict[str, float], dict[str, float], Path, float, str]:
-    """Fit one model, test it with the callback; return DBSCAN and anomalib metrics, run folder, seconds, weights."""
+def run(name: str, args: argparse.Namespace, root: Path) -> str:
+    """Fit one model, test it with the callback; its Markdown section (DBSCAN metrics, the model's own metrics)."""
     torch.manual_seed(0)
-    datamodule = MVTecAD(root=root, category="magnetic_tile", train_batch_size=8, eval_batch_size=16,
-                         num_workers=0, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
+    data = datamodule(root, "magnetic_tile", batch_size=8, eval_batch_size=16)
     callback = DBSCANPostProcessor(mode="report", min_samples=args.min_samples, pca_components=args.pca)
-    engine = Engine(max_epochs=args.epochs, default_root_dir=args.output / name, accelerator="cpu", devices=1,
-                    logger=False, enable_progress_bar=False, callbacks=[callback])
-    weights: WeightsChoice = args.weights
-    model = MODELS[name](args.image_size, weights)
-    start = time.perf_counter()
-    engine.fit(model, datamodule=datamodule)
-    results = engine.test(model, datamodule=datamodule, verbose=False)[0]
-    seconds = time.perf_counter() - start
-    return callback.metrics, results, Path(engine.trainer.default_root_dir), seconds, weights_description(model)
+    model = MODELS[name](args.image_size, args.weights)
+    result = fit(name, model, data, args.output / name, args.epochs, test=True, callbacks=[callback])
+    if result.status != "ok":
+        return f"\n### {name}: failed: {result.error}\n"
+    raw = raw_metrics(model, data.test_dataloader())
+    rows = [[key, fmt(value) if not float(value).is_integer() else int(value)] for key, value in callback.metrics.items()]
+    rows += [["model image AUROC raw", fmt(raw["image_auroc"])],
+             ["model image AUROC normalised (Engine.test)", fmt(result.metrics["image_AUROC"])],
+             ["model image_F1Score", fmt(result.metrics["image_F1Score"])]]
+    return (f"\n### {name} ({result.fit_s:.0f}s, files in {result.run_dir})\n\nweights: {weights_description(model)}"
+            f"\n\n{markdown_table(['metric', 'value'], rows)}")
 
 
 def main() -> None:
@@ -77,18 +78,9 @@ def main() -> None:
     add_weights_argument(parser)
     args = parser.parse_args()
 
-    root = make_subset(args.data / "magnetic_tile", args.output / "data" / "magnetic_tile", args.train_images,
-                  args.test_good, args.test_defects)
-    tables = []
-    for name in args.models:
-        dbscan, results, folder, seconds, weights = run(name, args, root)
-        rows = [f"| {key} | {value:.4f} |" if not float(value).is_integer() else f"| {key} | {int(value)} |"
-                for key, value in dbscan.items()]
-        rows += [f"| model image_AUROC | {results['image_AUROC']:.4f} |",
-                 f"| model image_F1Score | {results['image_F1Score']:.4f} |"]
-        tables.append(f"\n### {name} ({seconds:.0f}s, files in {folder})\n\nweights: {weights}\n\n"
-                      "| metric | value |\n|---|---|\n"
-                      + "\n".join(rows))
+    root = subset(args.data, "magnetic_tile", args.output / "data", args.train_images, test_good=args.test_good,
+                  test_defects=args.test_defects)
+    tables = [run(name, args, root) for name in args.models]
     print(f"\nDBSCAN on magnetic_tile embeddings: {args.train_images} train images, {args.image_size}px, "
           f"{args.epochs} epochs, --weights {args.weights}, min_samples={args.min_samples}, PCA {args.pca:g} of "
           "the variance, eps automatic (95% of normal images core points)")

@@ -62,26 +62,17 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from anomalib.data import MVTecAD
     from anomalib.engine import Engine
-    from lightning.pytorch import Callback, seed_everything
+    from lightning.pytorch import seed_everything
 
     import anomalib_simplenet
-
-    class EpochTimer(Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-            self.seconds.append(time.perf_counter() - self._start)
+    from anomalib_simplenet.lab.data import datamodule as make_datamodule
+    from anomalib_simplenet.lab.fit import EpochTimer
+    from anomalib_simplenet.lab.scores import raw_metrics
 
     seed_everything(args.seed)
     model = getattr(anomalib_simplenet, args.worker)(**MODELS[args.worker], image_size=args.image_size)
-    datamodule = MVTecAD(root=args.root, category=args.category, train_batch_size=args.batch // args.devices,
-                         eval_batch_size=16, num_workers=0, val_split_mode="from_test", val_split_ratio=0.5, seed=0)
+    datamodule = make_datamodule(args.root, args.category, batch_size=args.batch // args.devices, eval_batch_size=16)
     timer = EpochTimer()
     run = args.out / f"{args.worker}_{args.devices}_seed{args.seed}"
     engine = Engine(max_epochs=args.epochs, default_root_dir=run, accelerator="cpu", devices=args.devices,
@@ -94,28 +85,29 @@ def worker(args: argparse.Namespace) -> None:
     rank = engine.trainer.global_rank
     weights = getattr(model.model, "feature_extractor", None)
     record = {
-        "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank, "epoch_seconds": timer.seconds,
+        "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank,
+        "epoch_seconds": [epoch["seconds"] for epoch in timer.epochs],
         "fit_seconds": fit_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": {k: float(v) for k, v in metrics.items()}, "raw": raw_metrics(model, datamodule.test_dataloader()),
         "weights": getattr(weights, "weights_source", "random initialisation"),
     }
     (run / f"rank{rank}.json").write_text(json.dumps(record))
 
 
 def _table(records: list[dict]) -> str:
-    lines = ["| model | processes | seed | s/epoch (1st) | s/epoch (later) | peak RSS per process (MB) | image AUROC | "
-             "pixel AUROC | fit s |", "|---|---|---|---|---|---|---|---|---|"]
+    from anomalib_simplenet.lab.report import fmt, markdown_table
+
+    rows = []
     for record in records:
-        seconds = record["epoch_seconds"]
+        seconds, metrics, raw = record["epoch_seconds"], record["metrics"], record["raw"]
         later = sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else float("nan")
-        metrics = record["metrics"]
-        lines.append(
-            f"| {record['model']} | {record['procs']} | {record['seed']} | {seconds[0]:.1f} | {later:.1f} | "
-            f"{' / '.join(f'{mb:.0f}' for mb in record['peak_rss_mb'])} | "
-            f"{metrics.get('image_AUROC', float('nan')):.3f} | {metrics.get('pixel_AUROC', float('nan')):.3f} | "
-            f"{record['fit_seconds']:.0f} |"
-        )
-    return "\n".join(lines)
+        rows.append([record["model"], record["procs"], record["seed"], fmt(seconds[0], ".1f"), fmt(later, ".1f"),
+                     " / ".join(f"{mb:.0f}" for mb in record["peak_rss_mb"]), fmt(raw["image_auroc"], ".3f"),
+                     fmt(metrics.get("image_AUROC"), ".3f"), fmt(raw["pixel_auroc"], ".3f"),
+                     fmt(metrics.get("pixel_AUROC"), ".3f"), fmt(record["fit_seconds"], ".0f")])
+    return markdown_table(["model", "processes", "seed", "s/epoch (1st)", "s/epoch (later)",
+                           "peak RSS per process (MB)", "image AUROC raw", "image AUROC normalised", "pixel AUROC raw",
+                           "pixel AUROC normalised", "fit s"], rows)
 
 
 def main() -> None:
@@ -123,11 +115,11 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from anomalib_simplenet.data.subset import make_subset
+    from anomalib_simplenet.lab.data import subset
 
     args.out.mkdir(parents=True, exist_ok=True)
-    root = make_subset(args.data_root / args.category, args.out / "data" / args.category, train=args.train,
-                       test_good=args.test_good, test_defects=args.test_defects)
+    root = subset(args.data_root, args.category, args.out / "data", args.train, test_good=args.test_good,
+                  test_defects=args.test_defects)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     records = []
     for model in args.models:

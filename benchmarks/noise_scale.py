@@ -19,6 +19,7 @@ from anomalib.data.utils import read_image
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
+from anomalib_simplenet.lab.report import markdown_table
 from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
 
@@ -39,9 +40,7 @@ def main() -> None:
 
     files = sorted((args.data_root / args.category / "train" / "good").glob("*"))[: args.images]
     print(f"{args.category}: first {len(files)} training images, {args.image_size} px")
-    print(f"| backbone | weights | layers | D | feature scale | default σ ({DEFAULT_RELATIVE_NOISE_STD} × scale) | "
-          "0.015 / scale |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for backbone in args.backbones:
         torch.manual_seed(0)
         model = SimpleNet(backbone=backbone, pre_trained=backbone in PACKAGED_WEIGHTS, image_size=args.image_size)
@@ -56,9 +55,11 @@ def main() -> None:
         scale = float(moments.scale())
         layers = ", ".join(network.feature_extractor.feature_info.module_name())
         relative = network.noise_generator.relative_noise_std
-        print(f"| {backbone} | {weights_source(network.feature_extractor)} | {layers} | "
-              f"{network.aggregator.out_channels} | {scale:.4g} | {relative * scale:.4g} | "
-              f"1/{scale / OFFICIAL_NOISE_STD:.0f} |", flush=True)
+        rows.append([backbone, weights_source(network.feature_extractor), layers, network.aggregator.out_channels,
+                     f"{scale:.4g}", f"{relative * scale:.4g}", f"1/{scale / OFFICIAL_NOISE_STD:.0f}"])
+        print(f"{backbone}: feature scale {scale:.4g}", flush=True)
+    print(markdown_table(["backbone", "weights", "layers", "D", "feature scale",
+                          f"default σ ({DEFAULT_RELATIVE_NOISE_STD} × scale)", "0.015 / scale"], rows))
 
 
 if __name__ == "__main__":

@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
-from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
+from anomalib_simplenet.lab.data import datamodule
+from anomalib_simplenet.lab.report import fmt, markdown_table
+from anomalib_simplenet.lab.scores import auroc
+from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
-from anomalib_simplenet.study.data import category_datamodule
-from anomalib_simplenet.study.evaluation import auroc
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -106,7 +106,7 @@ def validate(model: SimpleNet, val: dict[str, torch.Tensor], size: tuple[int, in
            "image_auroc": auroc(val["labels"].numpy(), torch.cat(scores).numpy())}
     if "masks" in val and val["masks"].any():
         truth = val["masks"][:, ::2, ::2].flatten().numpy()
-        row["pixel_auroc"] = roc_auc_score(truth, torch.cat(maps).flatten().numpy())
+        row["pixel_auroc"] = auroc(truth, torch.cat(maps).flatten().numpy())
     network.train()
     return row
 
@@ -155,33 +155,28 @@ def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tens
 
 def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[str, float]]) -> str:
     """Per category and setting, and averaged over categories: image AUROC / pixel AUROC / val loss per epoch."""
-    header = ("| category | σ (relative) | hidden | location Gaussian | " + " | ".join(str(e) for e in range(1, epochs + 1))
-              + " |")
-    lines = ["image AUROC / pixel AUROC / validation loss on validation images, per epoch", "", header,
-             "|---" * (epochs + 4) + "|"]
 
     def cell(row: dict[str, float]) -> str:
-        pixel = f"{row['pixel_auroc']:.3f}" if "pixel_auroc" in row else "–"
-        return f"{row['image_auroc']:.3f} / {pixel} / {row['val_loss']:.3f}"
-
-    for run in runs:
-        lines.append(f"| {run['category']} | {run['relative_noise_std']} | {run['hidden']} | "
-                     f"{run['location_gaussian']} | " + " | ".join(cell(row) for row in run["rows"]) + " |")
+        return f"{fmt(row['image_auroc'], '.3f')} / {fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}"
 
     def setting(run: dict[str, Any]) -> tuple[float, str, bool]:
         return run["relative_noise_std"], str(run["hidden"]), run["location_gaussian"]
 
+    rows = [[run["category"], str(run["relative_noise_std"]), run["hidden"], str(run["location_gaussian"]),
+             *(cell(row) for row in run["rows"])] for run in runs]
     for relative, hidden, gaussian in sorted({setting(run) for run in runs}):
         chosen = [run for run in runs if setting(run) == (relative, hidden, gaussian)]
         means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        lines.append(f"| mean image AUROC ({len(chosen)} categories) | {relative} | {hidden} | {gaussian} | "
-                     + " | ".join(f"{m:.3f}" for m in means) + " |")
+        rows.append([f"mean image AUROC ({len(chosen)} categories)", str(relative), hidden, str(gaussian),
+                     *(fmt(m, ".3f") for m in means)])
+    header = ["category", "σ (relative)", "hidden", "location Gaussian", *map(str, range(1, epochs + 1))]
+    lines = ["image AUROC / pixel AUROC / validation loss on validation images (raw scores), per epoch", "",
+             markdown_table(header, rows)]
     if reference:
         names = list(next(iter(reference.values())))
-        lines += ["", "Untrained scores on the same features (validation image AUROC)", "",
-                  "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        lines += [f"| {category} | " + " | ".join(f"{row[name]:.3f}" for name in names) + " |"
-                  for category, row in reference.items()]
+        lines += ["Untrained scores on the same features (validation image AUROC)", "",
+                  markdown_table(["category", *names], [[c, *(fmt(row[n], ".3f") for n in names)]
+                                                       for c, row in reference.items()])]
     return "\n".join(lines)
 
 
@@ -192,8 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     reference: dict[str, dict[str, float]] = {}
     for category in args.categories:
-        data = category_datamodule(args.data_root, category, (args.image_size, args.image_size), args.batch,
-                                   args.seed)
+        data = datamodule(args.data_root, category, (args.image_size, args.image_size), args.batch, args.seed)
         data.setup()
         extractor = build(args)
         train = features_of(extractor, data.train_dataloader())["features"]

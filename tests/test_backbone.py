@@ -106,3 +106,19 @@ def test_pretrained_uses_the_hub_cache_offline(empty_hub_cache: Path, monkeypatc
     save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
     assert backbone_module._cached_hub_file("resnet18") == str(snapshot / "model.safetensors")
     _assert_loaded(create_feature_extractor("resnet18", LAYERS, pre_trained=True), state)
+
+
+def test_tagged_name_selects_its_own_weights(empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wide_resnet50_2.tv_in1k`` (torchvision's weights, the official SimpleNet's) is looked up in its own hub
+    repository, not in that of the plain name (timm's racm_in1k), and has the plain name's layers."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tagged = "wide_resnet50_2.tv_in1k"
+    snapshot = empty_hub_cache / "models--timm--wide_resnet50_2.tv_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    (snapshot / "model.safetensors").write_bytes(b"")  # only its path is checked here
+    assert backbone_module._cached_hub_file(tagged) == str(snapshot / "model.safetensors")
+    assert backbone_module._cached_hub_file("wide_resnet50_2") is None  # racm_in1k: another repository
+    assert backbone_module.default_layers(tagged) == ["layer2", "layer3"]
+    assert backbone_module.layer_channels(tagged, ["layer2", "layer3"]) == [512, 1024]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from anomalib.deploy import CompressionType
 
-from anomalib_simplenet.benchmark import export as export_module
 from anomalib_simplenet.benchmark.cli import main
-from anomalib_simplenet.benchmark.data import make_subset
+from anomalib_simplenet.lab import export as export_module
+from anomalib_simplenet.lab.data import subset as make_subset
 from anomalib_simplenet.data import subset
 
 from .conftest import TINY_SIMPLENET
@@ -60,6 +60,7 @@ def test_subset_selects_defect_types_and_replaces_an_old_subset(synthetic_root: 
         subset.make_subset(origin, target, defects=["crack"])
 
 
+@pytest.mark.slow  # trains, exports six variants, measures each
 def test_report_command_end_to_end(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Train, export all six variants (INT8 made to fail), measure, and write table, CSV, JSON and plot."""
     real_variant = export_module.openvino_variant
@@ -107,7 +108,11 @@ def test_report_command_end_to_end(synthetic_root: Path, tmp_path: Path, monkeyp
     assert len(payload["scores"]["torch FP32"]) == len(payload["scores"]["OpenVINO FP32"]) > 0
 
     markdown = (output / "report.md").read_text()
-    assert markdown.count("\n| ") == len(VARIANTS) + 1 and "failed: RuntimeError: injected failure" in markdown
+    # The raw-score table (header, torch row), then the variants table (header, one row per variant).
+    assert markdown.count("\n| ") == 2 + len(VARIANTS) + 1 and "failed: RuntimeError: injected failure" in markdown
+    raw = payload["context"]["torch model, raw scores (before anomalib's normalisation)"]
+    assert raw["image_auroc_normalised"] == pytest.approx(engine_test["image_AUROC"], abs=1e-3)
+    assert 0.0 <= raw["image_auroc"] <= 1.0 and "image AUROC raw" in markdown
     with (output / "results.csv").open() as handle:
         assert [row["variant"] for row in csv.DictReader(handle)] == VARIANTS
     assert (output / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -123,7 +128,7 @@ def test_unknown_model_is_a_clear_error(synthetic_root: Path, tmp_path: Path) ->
 def test_weights_option_is_parsed_once_for_every_script(tmp_path: Path) -> None:
     import argparse
 
-    from anomalib_simplenet.components.weights_option import add_weights_argument, parse_weights, weights_kwargs
+    from anomalib_simplenet.lab.weights import add_weights_argument, parse_weights, weights_kwargs
 
     parser = argparse.ArgumentParser()
     add_weights_argument(parser)

@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from anomalib.cli import AnomalibCLI
 from jsonargparse import ArgumentParser, Namespace
@@ -22,9 +23,12 @@ OVERLAYS = {
     "simplenet_noise0.015": ("simplenet", {"noise_std": 0.015}),
     "simplenet_noise0.03": ("simplenet", {"noise_std": 0.03}),
     "simplenet_adapter2": ("simplenet", {"adapter_layers": 2}),
-    "simplenet_official": ("simplenet", {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"],
-                                         "pretrain_embed_dim": 1536, "target_embed_dim": 1536, "noise_std": 0.015,
-                                         "image_size": 288}),
+    "simplenet_official": ("simplenet", {
+        "backbone": "wide_resnet50_2.tv_in1k", "layers": ["layer2", "layer3"], "pretrain_embed_dim": 1536,
+        "target_embed_dim": 1536, "discriminator_hidden": 1024, "noise_std": 0.015, "image_size": 288,
+        "pre_processor": {"class_path": "anomalib_simplenet.components.pre_processing.CenterCropPreProcessor",
+                          "init_args": {"image_size": 288, "resize_shorter_side": 329}},
+    }),
     "distill_classifier_scratch": (
         "distill_classifier", {"mode": "scratch", "pre_trained": False, "classification_weight": None},
     ),
@@ -106,7 +110,8 @@ def test_model_config_parses(parser: ArgumentParser, subcommand: str, base: str)
     data = config.data.init_args
     assert (data.category, data.val_split_mode, data.seed) == ("magnetic_tile", "from_test", 42)
     assert str(data.root) == "../shared/data"
-    callbacks = {c.class_path.rsplit(".", 1)[-1]: c.init_args for c in config.trainer.callbacks}
+    callbacks = {c.class_path.rsplit(".", 1)[-1].replace("OnceMoved", ""): c.init_args
+                 for c in config.trainer.callbacks}  # fmt: skip
     assert callbacks["EarlyStopping"].monitor == callbacks["ModelCheckpoint"].monitor == "val_loss"
     assert callbacks["EarlyStopping"].mode == callbacks["ModelCheckpoint"].mode == "min"
     assert config.trainer.callbacks[1].class_path == "anomalib.callbacks.ModelCheckpoint"  # replaces the Engine's
@@ -134,7 +139,9 @@ def test_overlays_parse_on_their_base(parser: ArgumentParser, base: str) -> None
     assert config.model.class_path.endswith(BASES[base])
     last = OVERLAYS[overlays[-1]][1]
     assert {k: config.model.init_args[k] for k in last} == _approx(last)
-    assert [c.init_args.monitor for c in config.trainer.callbacks[:2]] == ["val_loss", "val_loss"]
+    # EarlyStopping and ModelCheckpoint first; simplenet_official replaces them by the checkpoint alone.
+    leading = config.trainer.callbacks[: 1 if base == "simplenet" else 2]
+    assert [c.init_args.monitor for c in leading] == ["val_loss"] * len(leading)
 
 
 @pytest.mark.parametrize("data", sorted(DATA))
@@ -206,3 +213,35 @@ def test_optional_logger_trains(
         assert any(p.name.startswith("offline-run-") for p in written), written
     else:
         assert any(p.name.startswith("events.out.tfevents") for p in written), written
+
+
+def test_official_overlay_is_the_papers_setup(parser: ArgumentParser) -> None:
+    """The authors' MVTec AD run: torchvision's WRN-50 weights (timm tag tv_in1k; the plain name is timm's own
+    racm_in1k training), layer2 + layer3, 1536-d features, 1024-wide discriminator, absolute σ 0.015, shorter
+    side 329 → centre crop 288 for images and masks, batch 8, 40 × 4 epochs validated every 4th, no early
+    stopping. Checked without downloading the weights (the network is built with random ones)."""
+    import timm
+    from torchvision import tv_tensors
+
+    from anomalib_simplenet import SimpleNet
+    from anomalib_simplenet.components.backbone import default_layers
+    from anomalib_simplenet.components.center_crop import ResizeCenterCrop
+
+    config = _parse(parser, "train", *_config_args("simplenet", "simplenet_official"))
+    cli = AnomalibCLI(["train", *_config_args("simplenet", "simplenet_official"), "--model.pre_trained", "false"],
+                      run=False)  # fmt: skip
+    init_args = config.model.init_args
+    assert timm.models.get_pretrained_cfg(init_args.backbone).hf_hub_id == "timm/wide_resnet50_2.tv_in1k"
+    assert timm.models.get_pretrained_cfg("wide_resnet50_2").hf_hub_id == "timm/wide_resnet50_2.racm_in1k"
+    assert default_layers(init_args.backbone) == list(init_args.layers) == ["layer2", "layer3"]
+    model = cli.model
+    assert isinstance(model, SimpleNet) and model.model.noise_generator.sigma() == 0.015
+    assert model.model.aggregator.out_channels == 1536 and model.model.discriminator[0].out_channels == 1024
+    crop = model.pre_processor.transform.transforms[0]
+    assert isinstance(crop, ResizeCenterCrop) and (crop.resize, crop.size) == (329, [288, 288])
+    image, mask = crop(tv_tensors.Image(torch.rand(3, 600, 800)), tv_tensors.Mask(torch.ones(600, 800).bool()))
+    assert image.shape[-2:] == mask.shape[-2:] == (288, 288)
+    assert config.data.init_args.train_batch_size == 8
+    assert (config.trainer.max_epochs, config.trainer.check_val_every_n_epoch) == (160, 4)
+    assert _class_names(config.trainer.callbacks) == ["ModelCheckpoint"]  # no EarlyStopping
+    assert config.trainer.callbacks[0].init_args.monitor == "val_loss"

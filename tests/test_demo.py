@@ -10,6 +10,9 @@ import pytest
 from anomalib_simplenet.components.backbone import BackboneWeightsError
 from anomalib_simplenet.demo import run
 
+# Trains the demo model on generated data.
+pytestmark = pytest.mark.slow
+
 
 def _printed_path(printed: str, label: str) -> Path:
     return Path(printed.split(f"[demo] {label}: ")[1].splitlines()[0])

@@ -3,7 +3,7 @@ graphs with the torch model on small, 900×900 and odd-sized images, and the inf
 
 Each model is trained once (1 epoch, 64 px) and exported to ONNX once (``Engine.export``); the OpenVINO variants
 are built from that graph exactly as ``Engine.export(OPENVINO, compression_type=...)`` builds them
-(``benchmark.export.openvino_variant``), so the ONNX tracing (the slow part) runs once per model.
+(``lab.export.openvino_variant``), so the ONNX tracing (the slow part) runs once per model.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from anomalib.models import AnomalibModule
 from PIL import Image
 
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
-from anomalib_simplenet.benchmark.export import openvino_variant
+from anomalib_simplenet.lab.export import openvino_variant
 from anomalib_simplenet.components.resize import AntialiasedResize
 from anomalib_simplenet.data import make_synthetic_mvtec
 from anomalib_simplenet.deploy import FP32_CPU_CONFIG
 
 from .conftest import TINY_SIMPLENET, mvtec_datamodule
+
+# Trains and exports every model.
+pytestmark = pytest.mark.slow
 
 MODELS: dict[str, Callable[[], object]] = {
     # The tolerances below were measured with the absolute σ = 0.015 (relative σ trains a model whose INT8 score

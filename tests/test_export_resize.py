@@ -101,6 +101,7 @@ def test_other_resizes_are_left_alone() -> None:
     assert [type(t) for t in pre_processor.transform.transforms] == [Resize, Resize]
 
 
+@pytest.mark.slow  # ONNX export and OpenVINO conversion
 def test_exported_pre_processor_matches_torch_on_any_size(tmp_path: Path) -> None:
     """One dynamic-size ONNX graph → OpenVINO; outputs equal torch's for large, odd and small inputs."""
     import openvino as ov

@@ -38,9 +38,10 @@ class _StepLosses(Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _fit(root: Path, tmp: Path, feature_cache: bool | str, epochs: int = 3) -> tuple[SimpleNet, list[float]]:
+def _fit(root: Path, tmp: Path, feature_cache: bool | str, epochs: int = 3,
+         dtype: str = "float32") -> tuple[SimpleNet, list[float]]:
     torch.manual_seed(0)
-    model = SimpleNet(**TINY_SIMPLENET, feature_cache=feature_cache)
+    model = SimpleNet(**TINY_SIMPLENET, feature_cache=feature_cache, feature_cache_dtype=dtype)
     recorder = _StepLosses()
     engine = Engine(max_epochs=epochs, default_root_dir=tmp, accelerator="cpu", logger=False,
                     enable_progress_bar=False, callbacks=[recorder], limit_val_batches=0)
@@ -105,6 +106,30 @@ def test_cache_serves_the_features_it_stored(tmp_path: Path) -> None:
         cache.clear()
         assert len(cache) == 0 and cache.get(keys) == [None] * 4
     assert not list((tmp_path / "features").iterdir()), "clear() deletes the cache files"
+
+
+def test_float16_cache_halves_the_bytes_and_serves_float32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    features = SimpleNet(**TINY_SIMPLENET).model.eval().extract_features(torch.rand(4, 3, 64, 64))
+    keys = [f"img{i}.png" for i in range(4)]
+    full, half = FeatureCache(max_bytes=2**30), FeatureCache(max_bytes=2**30, dtype=torch.float16)
+    assert full.put(keys, features) and half.put(keys, features)
+    assert half.nbytes * 2 == full.nbytes == features.numel() * 4
+    served = torch.stack(half.get(keys))
+    assert served.dtype == torch.float32
+    torch.testing.assert_close(served, features, rtol=2**-10, atol=1e-6)
+    assert not torch.equal(served, features), "float16 storage rounds: otherwise this test checks nothing"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TrainingFeatureCache(lambda images: images, dtype="int8")
+
+
+def test_float16_cache_keeps_the_loss_curve(synthetic_root: Path, tmp_path: Path) -> None:
+    """Rounding the cached features to float16 moves the training loss by far less than training changes it."""
+    half_model, half = _fit(synthetic_root, tmp_path / "half", "memory", dtype="float16")
+    _, full = _fit(synthetic_root, tmp_path / "full", "memory")
+    assert half_model.training_features.served_images == 48
+    torch.testing.assert_close(torch.tensor(half), torch.tensor(full), rtol=1e-2, atol=1e-4)
+    assert abs(full[0] - full[-1]) > 100 * max(abs(a - b) for a, b in zip(half, full, strict=True))
 
 
 def test_partly_cached_batch_mixes_cache_and_fresh_features() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
+from anomalib_simplenet.components import mahalanobis
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance, ledoit_wolf_covariance
 
 
@@ -40,6 +41,18 @@ def test_grouped_fit_is_independent_per_group() -> None:
     single = MahalanobisDistance(dim=4).fit(embeddings[:, 1])
     query = torch.randn(6, 3, 4)
     torch.testing.assert_close(grouped(query)[:, 1], single(query[:, 1]), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_in_slices_of_groups_equals_one_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory bound on the fit's temporaries changes how many groups are fitted at once, not the result."""
+    torch.manual_seed(0)
+    embeddings = torch.randn(40, 7, 5)
+    whole = MahalanobisDistance(dim=5, groups=7).fit(embeddings)
+    monkeypatch.setattr(mahalanobis, "FIT_CHUNK_ELEMENTS", 40 * 5 * 3)  # slices of 3, 3 and 1 groups
+    sliced = MahalanobisDistance(dim=5, groups=7).fit(embeddings)
+    torch.testing.assert_close(sliced.mean, whole.mean, rtol=0, atol=0)
+    torch.testing.assert_close(sliced.precision, whole.precision, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(whole.precision[0], whole.precision[6]), "distinct groups, or this checks nothing"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,9 @@ import pytest
 
 from .conftest import REPO_ROOT, SHARED_DATA
 
+# Executes every notebook.
+pytestmark = pytest.mark.slow
+
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 

@@ -8,7 +8,12 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from .conftest import REPO_ROOT
+
+# Trains and times every model, exports to OpenVINO.
+pytestmark = pytest.mark.slow
 
 OURS = "SimpleNet (ours) torch FP32"
 EXPECTED_ROWS = {

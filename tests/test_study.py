@@ -13,11 +13,11 @@ import timm
 import torch
 
 from anomalib_simplenet.study import cli
-from anomalib_simplenet.study.evaluation import Predictions, at_threshold, evaluate, percentile_threshold
-from anomalib_simplenet.study.report import fmt
+from anomalib_simplenet.lab.fit import overfitting_note
+from anomalib_simplenet.lab.report import fmt
+from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
 from anomalib_simplenet.study.settings import Setting, load_settings, model_class, resolve_init_args
 from anomalib_simplenet.study.teacher_reference import TeacherMahalanobisModel
-from anomalib_simplenet.study.training import overfitting_note
 
 from .conftest import REPO_ROOT
 
@@ -50,6 +50,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow  # runs a whole small study (module fixture)
 def test_every_model_kind_is_fitted_per_category_and_on_all_categories(study: tuple[Path, dict]) -> None:
     _, results = study
     fitted = {(r["scope"], r["kind"]) for r in results["runs"] if r["status"] == "ok"}
@@ -62,6 +63,7 @@ def test_every_model_kind_is_fitted_per_category_and_on_all_categories(study: tu
     assert all(r["epochs"] == 1 and math.isfinite(r["best_val_loss"]) for r in trained)
 
 
+@pytest.mark.slow  # runs a whole small study (module fixture)
 def test_chosen_setting_is_the_best_on_validation_never_test(study: tuple[Path, dict]) -> None:
     _, results = study
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -76,6 +78,7 @@ def test_chosen_setting_is_the_best_on_validation_never_test(study: tuple[Path, 
             assert row["image_auroc"] == chosen[0]["metrics"][row["category"]]["image_auroc"]
 
 
+@pytest.mark.slow  # runs a whole small study (module fixture)
 def test_report_tables_come_from_the_run(study: tuple[Path, dict]) -> None:
     out, results = study
     report = (out / "report.md").read_text()
@@ -83,8 +86,11 @@ def test_report_tables_come_from_the_run(study: tuple[Path, dict]) -> None:
     assert len(main) == len(results["main"]) == 2 * 4 + 2 * 2
     for cells, row in zip(main, results["main"], strict=True):
         assert cells[0] == row["category"] and cells[3] == row["setting"]
-        assert cells[4:7] == [fmt(row["val_image_auroc"]), fmt(row["image_auroc"]), fmt(row["pixel_auroc"])]
-        assert cells[7] == f"{fmt(row['adaptive_f1'])} ({fmt(row['adaptive_false_alarm_rate'], '.3f')})"
+        # Raw-score metrics first, each with its normalised twin and the difference beside it.
+        assert cells[4:6] == [fmt(row["val_image_auroc"]), fmt(row["image_auroc"])]
+        assert cells[6] == fmt(row["image_auroc_normalised"]) and cells[8] == fmt(row["pixel_auroc"])
+        assert cells[9] == fmt(row["pixel_auroc_normalised"])
+        assert cells[11] == f"{fmt(row['adaptive_f1'])} ({fmt(row['adaptive_false_alarm_rate'], '.3f')})"
     cost = _table(report, "model")
     assert [c[0] for c in cost] == [c["label"] for c in results["cost"]]
     for cells, entry in zip(cost, results["cost"], strict=True):
@@ -102,6 +108,7 @@ def test_report_tables_come_from_the_run(study: tuple[Path, dict]) -> None:
     assert "RANDOM weights" in report
 
 
+@pytest.mark.slow  # runs a whole small study (module fixture)
 def test_run_folder_keeps_every_step(study: tuple[Path, dict]) -> None:
     out, results = study
     for run in results["runs"]:
@@ -210,7 +217,7 @@ def test_outcome_says_not_measured_when_a_model_is_missing() -> None:
 
 
 def test_data_note_says_whether_a_real_category_was_subsampled(synthetic_root: Path, tmp_path: Path) -> None:
-    from anomalib_simplenet.study.data import prepare_categories
+    from anomalib_simplenet.lab.data import prepare_categories
 
     _, notes = prepare_categories(synthetic_root, ["synthetic"], tmp_path / "all", None, None)
     assert notes == [f"synthetic: {synthetic_root / 'synthetic'} (all training images, all test images)"]

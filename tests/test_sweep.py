@@ -13,6 +13,9 @@ from anomalib_simplenet.experiments.sweep import main, make_settings, next_versi
 
 from .conftest import REPO_ROOT
 
+# Trains four settings through anomalib's CLI.
+pytestmark = pytest.mark.slow
+
 CONFIGS = REPO_ROOT / "configs"
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score")
 PNG = b"\x89PNG"

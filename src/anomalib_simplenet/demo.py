@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from anomalib_simplenet.components.weights_option import add_weights_argument
+from anomalib_simplenet.lab.weights import add_weights_argument
 
 logger = logging.getLogger(__name__)
 DEMO_EPOCHS = 10
@@ -37,7 +37,7 @@ def _build_model(args: argparse.Namespace):  # noqa: ANN202
     """SimpleNet with the weights asked for, and the sentence naming their source."""
     from anomalib_simplenet import SimpleNet
     from anomalib_simplenet.components.backbone import weights_source
-    from anomalib_simplenet.components.weights_option import weights_kwargs
+    from anomalib_simplenet.lab.weights import weights_kwargs
 
     model = SimpleNet(backbone=args.backbone, image_size=args.image_size, **weights_kwargs("SimpleNet", args.weights))
     return model, weights_source(model.model.feature_extractor)
@@ -46,26 +46,18 @@ def _build_model(args: argparse.Namespace):  # noqa: ANN202
 def run(argv: list[str] | None = None) -> dict[str, float]:
     """Run the demo and return the test metrics."""
     args = _parse_args(argv)
-    from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
-    from anomalib_simplenet.data import make_synthetic_mvtec
+    from anomalib_simplenet.lab.data import make_synthetic_mvtec
+    from anomalib_simplenet.lab.data import datamodule as make_datamodule
+    from anomalib_simplenet.lab.report import markdown_table
 
     torch.manual_seed(args.seed)
     data_root = args.output / "data"
     make_synthetic_mvtec(data_root, image_size=args.image_size, n_train=32, n_test_good=12, n_test_defect=12)
     # Validation images are split off the test folder (disjoint from the test images): the post-processor
     # fits its threshold and normalisation on them, never on the images we report metrics for.
-    datamodule = MVTecAD(
-        root=data_root,
-        category="synthetic",
-        train_batch_size=8,
-        eval_batch_size=8,
-        num_workers=0,
-        val_split_mode="from_test",
-        val_split_ratio=0.5,
-        seed=args.seed,
-    )
+    datamodule = make_datamodule(data_root, "synthetic", batch_size=8, seed=args.seed)
     model, weights = _build_model(args)
     print(f"[demo] Backbone: {args.backbone}, weights: {weights}")
     engine = Engine(max_epochs=args.epochs, default_root_dir=args.output, accelerator="cpu", logger=False)
@@ -74,9 +66,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     run_dir = Path(engine.trainer.default_root_dir)
     print("\n[demo] SimpleNet on the synthetic dataset")
     print(f"[demo] backbone {args.backbone}, weights: {weights}, input {args.image_size}px, {args.epochs} epochs")
-    print("| metric | value |\n|---|---|")
-    for name, value in metrics.items():
-        print(f"| {name} | {value:.4f} |")
+    print(markdown_table(["metric", "value"], [[name, float(value)] for name, value in metrics.items()]), end="")
     print(f"[demo] Result images: {run_dir / 'images'}")
     # anomalib's checkpoint callback keeps no "last" file: the checkpoint it wrote is the "best" path.
     print(f"[demo] Checkpoint: {engine.trainer.checkpoint_callback.best_model_path}")

@@ -1,7 +1,7 @@
 """Deployment benchmark: torch FP32 against OpenVINO FP32/FP16/INT8/INT8_PTQ/INT8_ACQ on one test set.
 
-Run ``python -m anomalib_simplenet.benchmark --help``. Modules: ``variants`` (what is compared), ``export``,
-``runtime`` (running an exported file), ``measure``, ``report`` (table files), ``plot``, ``run``, ``cli``.
+Run ``python -m anomalib_simplenet.benchmark --help``. A thin layer on :mod:`anomalib_simplenet.lab`: ``run``
+(data → model → every variant exported and measured → report) and ``cli``.
 """
 
 from .run import BenchmarkConfig, run_benchmark

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from anomalib_simplenet.deploy.precision import PRECISION_CHOICES
+from anomalib_simplenet.lab.latency import PRECISION_CHOICES
+from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
 
 from .run import BenchmarkConfig, run_benchmark
-from anomalib_simplenet.components.weights_option import add_weights_argument, weights_kwargs
 
 EXAMPLE = """example:
   python -m anomalib_simplenet.benchmark --model DistillClassifier \\

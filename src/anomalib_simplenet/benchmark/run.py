@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,13 @@ import torch
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from .data import build_datamodule, load_test_samples, make_subset
-from .export import export_variants, short_error
-from .measure import measure
-from .plot import plot_report
-from .report import Row, markdown_table, records_of, write_report
-from .runtime import load_runner
-from .variants import select_variants
-from anomalib_simplenet.components.weights_option import weights_description
+from anomalib_simplenet.lab import data as lab_data
+from anomalib_simplenet.lab.export import measure_variants, select_variants, variants_table
+from anomalib_simplenet.lab.figures import plot_report
+from anomalib_simplenet.lab.peers import resolve_model_class
+from anomalib_simplenet.lab.report import markdown_table, metric_cells, metric_header, write_table_files
+from anomalib_simplenet.lab.scores import raw_metrics
+from anomalib_simplenet.lab.weights import weights_description
 
 
 @dataclass
@@ -53,19 +51,6 @@ def _step(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def resolve_model_class(name: str) -> type:
-    """Model class by name: this plugin's models first, then anomalib's."""
-    import anomalib.models
-
-    import anomalib_simplenet
-
-    cls = getattr(anomalib_simplenet, name, None) or getattr(anomalib.models, name, None)
-    if not isinstance(cls, type):
-        msg = f"--model: no model class {name!r} in anomalib_simplenet or anomalib.models"
-        raise ValueError(msg)  # noqa: TRY004 (an unknown name, not a wrong type)
-    return cls
-
-
 def _environment() -> dict[str, str]:
     import anomalib
     import nncf
@@ -91,42 +76,30 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
     root = Path(config.data_root)
     if config.max_train is not None or config.max_test is not None:
         _step(f"subset of {root / config.category}: ≤{config.max_train} train, ≤{config.max_test} test images")
-        root = make_subset(root, config.category, run_dir / "data", config.max_train, config.max_test)
+        root = lab_data.subset(root, config.category, run_dir / "data", config.max_train, config.max_test)
     model_class = resolve_model_class(config.model)
     if config.checkpoint is not None:
         model = model_class.load_from_checkpoint(config.checkpoint)
     else:
         model = model_class(**config.model_args)
     input_size = tuple(int(s) for s in model.input_size)
-    datamodule = build_datamodule(
-        root, config.category, input_size, config.batch_size, val_split_ratio=config.val_split_ratio, seed=config.seed,
-    )
+    datamodule = lab_data.datamodule(root, config.category, input_size, config.batch_size, config.seed,
+                                     config.val_split_ratio)
     engine = Engine(max_epochs=config.epochs, default_root_dir=run_dir / "train", logger=False, accelerator="cpu")
     if config.checkpoint is None:
         _step(f"training {config.model} for {config.epochs} epoch(s)")
         engine.fit(model, datamodule=datamodule)
-    _step("Engine.test of the torch model (cross-check of the measured torch FP32 metrics)")
+    _step("Engine.test of the torch model (normalised scores) and its raw scores")
     engine_test = engine.test(model, datamodule=datamodule, verbose=False)[0]
+    raw = raw_metrics(model, datamodule.test_dataloader())
 
-    _step("exporting")
-    variants = select_variants(config.with_acq)
-    exported = export_variants(model, variants, run_dir / "exports", datamodule, config.input_size, config.max_drop)
-    samples = load_test_samples(datamodule)
-    rows = []
-    for index, result in enumerate(exported, start=1):
-        _step(f"measuring {index}/{len(exported)}: {result.variant.name} on {len(samples)} test images")
-        row = Row(result)
-        if result.error is None:
-            try:
-                runner = load_runner(result.variant.runtime, result.path, config.threads, config.ov_precision)
-                row.measurement = measure(
-                    runner, samples, input_size, result.variant.name, config.warmup, config.batch_size,
-                    config.throughput_seconds,
-                )  # fmt: skip
-            except Exception as error:  # noqa: BLE001 (the other variants still get measured)
-                traceback.print_exc()
-                row.error = short_error(error)
-        rows.append(row)
+    _step("exporting and measuring every variant")
+    records = measure_variants(
+        model, select_variants(config.with_acq), run_dir / "exports", datamodule, config.threads,
+        config.throughput_seconds, config.warmup, config.batch_size, config.ov_precision, config.input_size,
+        config.max_drop,
+    )
+    scores = {r["variant"]: scores for r in records if (scores := r.pop("scores")) is not None}
 
     _step("writing the report")
     context = {
@@ -135,9 +108,10 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         "input size": input_size,
         "weights": weights_description(model),
         "data": f"{root / config.category}: {len(datamodule.train_data)} train, {len(datamodule.val_data)} val "
-        f"(from test folder), {len(samples)} test images",
+        f"(from test folder), {len(datamodule.test_data)} test images",
         "epochs": "from checkpoint " + str(config.checkpoint) if config.checkpoint else config.epochs,
         "Engine.test (torch)": {key: round(float(value), 4) for key, value in engine_test.items()},
+        "torch model, raw scores (before anomalib's normalisation)": {k: round(v, 4) for k, v in raw.items()},
         "threads": config.threads,
         "OpenVINO CPU inference precision": config.ov_precision,
         **_environment(),
@@ -146,10 +120,19 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         "config": {key: str(value) for key, value in asdict(config).items()},
         "wall time s": round(time.time() - started, 1),
     }
-    records = records_of(rows)
-    paths = write_report(rows, records, run_dir, context)
+    notes = "\n".join(f"- {key}: {value}" for key, value in context.items())
+    raw_table = _raw_table(raw)
+    text = f"# Deployment benchmark\n\n{notes}\n\n{raw_table}\n{variants_table(records)}"
+    paths = write_table_files(run_dir, text, records, {"context": context, "results": records, "scores": scores})
     plot_report(records, run_dir / "report.png", f"{config.model} on {config.category}")
     print(f"weights: {context['weights']}", flush=True)
-    print(markdown_table(records), flush=True)
+    print(raw_table + "\n" + variants_table(records), flush=True)
     _step(f"report written: {', '.join(str(p) for p in paths.values())}, {run_dir / 'report.png'}")
     return records
+
+
+def _raw_table(raw: dict[str, float]) -> str:
+    """The torch model's accuracy on raw scores next to the normalised ones (the variants' table is normalised)."""
+    record = dict(raw)
+    return ("Torch model on the test split, raw scores (before anomalib's normalisation) next to normalised:\n\n"
+            + markdown_table(["model", *metric_header([record])], [["torch FP32", *metric_cells(record, [record])]]))

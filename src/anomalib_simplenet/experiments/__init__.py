@@ -1,10 +1,5 @@
-"""Experiment tools: loss history, hyper-parameter sweeps over config variants, comparison reports.
+"""Experiment tools on top of :mod:`anomalib_simplenet.lab`: hyper-parameter sweeps over config variants
+(``python -m anomalib_simplenet.experiments.sweep --help``) and the notebooks' helpers (``notebook``).
 
-Imported on demand (``import anomalib_simplenet`` does not load it). The sweep is a command:
-``python -m anomalib_simplenet.experiments.sweep --help``.
+Imported on demand (``import anomalib_simplenet`` does not load it).
 """
-
-from .history import LossHistory, loss_figure, read_history_csv
-from .report import RunResult, markdown_table, metric_figure
-
-__all__ = ["LossHistory", "RunResult", "loss_figure", "markdown_table", "metric_figure", "read_history_csv"]

@@ -15,8 +15,8 @@ from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
 from PIL import Image
 
-from anomalib_simplenet.data import make_synthetic_mvtec
-from anomalib_simplenet.data.subset import make_subset
+from anomalib_simplenet.lab.data import make_synthetic_mvtec, subset
+from anomalib_simplenet.lab.scores import evaluate, predict
 
 DATASETS = ("synthetic", "magnetic_tile")
 
@@ -38,7 +38,7 @@ def prepare_data(
         n_train: training images. Synthetic: generated, with ``max(4, n_train // 3)`` test images per type.
             magnetic_tile: ``0`` = the full set in place; otherwise an evenly spaced subset of that many training
             images and ``max(4, n_train // 4)`` test images per type is linked (with masks) under ``out/data``
-            (:func:`anomalib_simplenet.data.subset.make_subset`).
+            (:func:`anomalib_simplenet.lab.data.subset`).
         image_size: side of the synthetic images.
     """
     if data not in DATASETS:
@@ -56,27 +56,14 @@ def prepare_data(
     if n_train <= 0:
         return Path(data_root), data
     n_test = max(4, n_train // 4)
-    return make_subset(source, target / data, n_train, test_good=n_test, test_defects=n_test), data
+    return subset(Path(data_root), data, target, n_train, test_good=n_test, test_defects=n_test), data
 
 
-@torch.no_grad()
-def raw_image_scores(model: torch.nn.Module, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores before anomalib's normalisation, and ground-truth labels, for all images of ``batches``.
-
-    ``model`` is an anomalib module: its pre-processor's transform, then its torch model (``model.model``) in eval
-    mode, so the scores are in the model's own units (e.g. Mahalanobis distances), comparable with raw thresholds.
-    """
-    network = model.model
-    was_training = network.training
-    network.eval()
-    device = next(network.parameters()).device
-    scores, labels = [], []
-    for batch in batches:
-        images = model.pre_processor.transform(batch.image.to(device))
-        scores.append(network(images).pred_score.flatten().cpu())
-        labels.append(batch.gt_label.flatten().cpu())
-    network.train(was_training)
-    return torch.cat(scores).numpy(), torch.cat(labels).numpy()
+def raw_image_scores(model: AnomalibModule, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores before anomalib's normalisation (the model's own units, comparable with raw thresholds) and
+    ground-truth labels, for all images of ``batches`` (:func:`anomalib_simplenet.lab.scores.predict`)."""
+    predictions = predict(model, batches)
+    return predictions.scores, predictions.labels
 
 
 def pick_images(
@@ -162,7 +149,7 @@ def fit_study_model(
         RuntimeError: the fit failed (the study itself records the failure and goes on).
     """
     from anomalib_simplenet.study.settings import Setting, resolve_init_args
-    from anomalib_simplenet.study.training import fit_setting
+    from anomalib_simplenet.study.training import fit_setting, weights_line
 
     setting = Setting(kind, "notebook", dict(init_args))
     arguments = resolve_init_args(setting, image_size, teacher, pre_trained)
@@ -170,25 +157,25 @@ def fit_study_model(
     if result.status != "ok" or result.model is None:
         msg = f"{setting.label}: {result.error} (traceback in {Path(out) / 'error.txt'})"
         raise RuntimeError(msg)
-    print(f"{kind} weights: {result.weights}")
+    print(f"{kind} weights: {weights_line(result.model)}")
     return result.model
 
 
 def compare_models(
     models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, percentile: float = 95.0
 ) -> dict[str, dict[str, float]]:
-    """Per model, the study's metrics on raw scores (:func:`anomalib_simplenet.study.evaluation.evaluate`).
+    """Per model, the study's metrics on raw scores (:func:`anomalib_simplenet.lab.scores.evaluate`).
 
-    ``val_image_auroc`` (the only one a choice may use), test ``image_auroc`` and ``pixel_auroc``, and test F1 at
-    the F1-adaptive threshold fixed on the validation split.
+    ``val_image_auroc`` (the only one a choice may use), test ``image_auroc`` and ``pixel_auroc`` (raw scores) with
+    ``image_auroc_normalised`` (after anomalib's post-processor) beside them, and test F1 at the F1-adaptive
+    threshold fixed on the validation split.
     """
-    from anomalib_simplenet.study.evaluation import evaluate, predict
-
     table = {}
     for name, model in models.items():
         metrics = evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
                            percentile)
-        table[name] = {key: metrics[key] for key in ("val_image_auroc", "image_auroc", "pixel_auroc", "adaptive_f1")}
+        table[name] = {key: metrics[key] for key in ("val_image_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc",
+                                                 "adaptive_f1")}
     return table
 
 
@@ -210,7 +197,7 @@ def cost_table(
 ) -> dict[str, dict[str, float]]:
     """Per model: parameters of the deployed network, size and batch-1 latency of its torch FP32 export.
 
-    Measured by the study (:func:`anomalib_simplenet.study.cost.measure_model`, the benchmark's code) on the raw
+    Measured by the study (:func:`anomalib_simplenet.study.cost.measure_model`) on the raw
     test images, each alone; a distilled student is measured without its teacher (training-only).
     """
     from anomalib_simplenet.study.cost import measure_model

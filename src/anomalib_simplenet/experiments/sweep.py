@@ -24,18 +24,24 @@ import io
 import json
 import math
 import sys
-import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anomalib.cli import AnomalibCLI
 from jsonargparse import Namespace
 from lightning.pytorch import seed_everything
 
-from .history import LossHistory, loss_figure, read_history_csv
-from .report import RunResult, markdown_table, metric_figure, write_csv
+from anomalib_simplenet.lab.figures import loss_figure, metric_figure
+from anomalib_simplenet.lab.fit import FitResult, LossHistory, guarded
+from anomalib_simplenet.lab.report import markdown_table, write_table_files
+from anomalib_simplenet.lab.scores import raw_metrics
+
+# Test metrics shown first when present (``_raw``: on the model's own scores, before anomalib's normalisation; the
+# others are anomalib's Engine.test figures on normalised scores); any other follows in alphabetical order.
+PREFERRED_METRICS = ("image_AUROC_raw", "image_AUROC", "pixel_AUROC_raw", "pixel_AUROC", "image_F1Score",
+                     "pixel_F1Score")
 
 _HISTORY_CLASS = f"{LossHistory.__module__}.{LossHistory.__qualname__}"
 
@@ -146,14 +152,12 @@ def run_setting(
     data: str | None = None,
     max_epochs: int | None = None,
     extra: Sequence[str] = (),
-) -> RunResult:
+) -> FitResult:
     """Fit and test one setting in ``out/<setting>/v<N>``; never raises for a failed run (see ``status``)."""
-    run_dir = next_version_dir(out / setting.name)
-    result = RunResult(setting=setting.name, run_dir=run_dir)
+    result = FitResult(setting.name, next_version_dir(out / setting.name))
     history: LossHistory | None = None
-    start = time.perf_counter()
-    try:
-        cli = _parse(_cli_args(setting, run_dir, data, max_epochs, extra), run_dir)
+    with guarded(result, f"[sweep] {setting.name}"):
+        cli = _parse(_cli_args(setting, result.run_dir, data, max_epochs, extra), result.run_dir)
         engine, model, datamodule = cli.engine, cli.model, cli.datamodule
         engine.fit(model, datamodule=datamodule)
         trainer = engine.trainer
@@ -163,19 +167,16 @@ def run_setting(
         # As ``Engine.train`` does (the trainer already exists), but on the best checkpoint when there is one.
         metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         result.metrics = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
+        raw = raw_metrics(model, datamodule.test_dataloader())  # the tested weights: trainer.test loaded them
+        result.metrics.update({"image_AUROC_raw": raw["image_auroc"], "pixel_AUROC_raw": raw["pixel_auroc"]})
         result.checkpoint = best
-    except Exception as error:  # noqa: BLE001 - one failed run must not stop the sweep
-        result.status, result.error = "failed", f"{type(error).__name__}: {error}"
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        print(f"[sweep] {setting.name} failed: {result.error}", file=sys.stderr)
-    result.time_s = time.perf_counter() - start
     if history is not None and history.epochs:
-        history.save_csv(run_dir / "history.csv")
-        loss_figure({setting.name: history.rows()}, title=setting.name).savefig(run_dir / "loss_curve.png", dpi=100)
-        result.train_loss, result.val_loss = history.last("train_loss"), history.last("val_loss")
-        result.best_val_loss, result.epochs = history.best("val_loss"), len(history.rows())
-    record = {**asdict(result), "run_dir": str(run_dir), "configs": [str(c) for c in setting.configs]}
-    (run_dir / "result.json").write_text(json.dumps(record, indent=2, default=_json_float) + "\n")
+        history.save_csv(result.run_dir / "history.csv")
+        result.history = history.rows()
+        loss_figure({setting.name: result.history}, title=setting.name).savefig(result.run_dir / "loss_curve.png",
+                                                                                dpi=100)
+    record = {**_row(result), "checkpoint": result.checkpoint, "configs": [str(c) for c in setting.configs]}
+    (result.run_dir / "result.json").write_text(json.dumps(record, indent=2, default=_json_float) + "\n")
     gc.collect()
     return result
 
@@ -184,17 +185,27 @@ def _json_float(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else str(value)
 
 
-def write_report(results: Sequence[RunResult], out: Path, metrics: Sequence[str], title: str) -> str:
+def _row(result: FitResult, metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """One flat row of a run: test metrics, losses of the last epoch, the best validation loss, time."""
+    last = {k: next((r[k] for r in reversed(result.history) if math.isfinite(r[k])), math.nan)
+            for k in ("train_loss", "val_loss")}
+    return {"setting": result.name, "status": result.status,
+            **{name: result.metrics.get(name, math.nan) for name in metrics or result.metrics},
+            **last, "best_val_loss": result.best_val_loss, "epochs": len(result.history), "time_s": result.fit_s,
+            "run_dir": str(result.run_dir), "error": result.error}
+
+
+def write_report(results: Sequence[FitResult], out: Path, metrics: Sequence[str], title: str) -> str:
     """Write ``summary.md``, ``summary.csv``, ``metrics.png`` and ``loss_curves.png`` to ``out``; return the table."""
-    table = markdown_table(results)
-    (out / "summary.md").write_text(f"# {title}\n\n{table}")
-    write_csv(results, out / "summary.csv")
+    names = {name for result in results for name in result.metrics}
+    columns = [m for m in PREFERRED_METRICS if m in names] + sorted(names - set(PREFERRED_METRICS))
+    rows = [_row(result, columns) for result in results]
+    header = [c for c in rows[0] if c != "run_dir"] if rows else ["setting"]
+    table = markdown_table(header, [[row[c] for c in header] for row in rows])
+    write_table_files(out, f"# {title}\n\n{table}", rows, stem="summary", data_stem="summary")
     metric_figure(results, metrics, title=title).savefig(out / "metrics.png", dpi=100)
-    histories = {
-        r.setting: read_history_csv(r.run_dir / "history.csv")
-        for r in results if (r.run_dir / "history.csv").is_file()
-    }
-    loss_figure(histories, title=title).savefig(out / "loss_curves.png", dpi=100)
+    loss_figure({r.name: r.history for r in results if r.history}, title=title).savefig(out / "loss_curves.png",
+                                                                                      dpi=100)
     return table
 
 

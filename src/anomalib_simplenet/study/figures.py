@@ -1,4 +1,5 @@
-"""The study's figures: ROC curves of the chosen models, loss curves of every setting, UNetAE reconstructions."""
+"""The study's figures: ROC curves of the chosen models, loss curves of every setting, UNetAE reconstructions
+(drawn by :mod:`anomalib_simplenet.lab.figures`)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from anomalib_simplenet.benchmark.plot import plot_report
-from anomalib_simplenet.experiments.history import loss_figure
+from anomalib_simplenet.lab.figures import loss_figure, roc_figure
 from anomalib_simplenet.models.unet_ae import save_reconstructions
 
 from .settings import KIND_TITLES
 
 if TYPE_CHECKING:
     from .run import Candidate
-
-
-def roc_figure(curves: Mapping[str, tuple[list[float], list[float], float]], path: Path, title: str) -> Path:
-    """Test ROC curves, one per model: ``label → (fpr, tpr, auroc)``."""
-    figure = Figure(figsize=(5.5, 5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axis = figure.subplots()
-    for label, (fpr, tpr, value) in curves.items():
-        axis.plot(fpr, tpr, label=f"{label} (AUROC {value:.3f})")
-    axis.plot([0, 1], [0, 1], ":", color="grey")
-    axis.set(xlabel="false-alarm rate", ylabel="detection rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    axis.legend(fontsize="small", loc="lower right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    return path
 
 
 def _reconstruction_images(model: Any, datamodule: Any, count: int = 2) -> torch.Tensor:
@@ -69,9 +52,9 @@ def write_all(
             files[f"ROC {category}"] = roc_figure(curves, folder / f"roc_{category}.png", f"test ROC, {category}")
     groups: dict[tuple[str, str], dict[str, list]] = {}
     for candidate in candidates:
-        fit = candidate.fit
-        if fit.history and any(row["val_loss"] == row["val_loss"] for row in fit.history):
-            groups.setdefault((fit.scope, fit.setting.kind), {})[fit.setting.name] = fit.history
+        history = candidate.fit.history
+        if history and any(row["val_loss"] == row["val_loss"] for row in history):
+            groups.setdefault((candidate.scope, candidate.setting.kind), {})[candidate.setting.name] = history
     for (scope, kind), histories in groups.items():
         path = folder / f"loss_{scope}_{kind}.png"
         loss_figure(histories, title=f"{scope}: {KIND_TITLES[kind]}").savefig(path, dpi=80)
@@ -84,9 +67,3 @@ def write_all(
             files[f"UNetAE reconstructions {category} (rows: 2 normal, 2 defective; input | reconstruction | "
                   "error map)"] = save_reconstructions(candidate.fit.model, images, path)
     return files
-
-
-def quantization_figure(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """The benchmark's figure (latency vs AUROC, throughput, size per variant)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return plot_report(records, path, title)

@@ -5,27 +5,16 @@ Every number is read from the run's results (``results.json`` holds the same val
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .html import markdown_to_html
+from anomalib_simplenet.lab.report import fmt, markdown_table, markdown_to_html, metric_cells, metric_header
+
 from .settings import KIND_TITLES
 
 TARGETS = {"accuracy_gap_pts": -2.0, "latency_ratio": 3.0, "distill_gain_pts": 3.0, "ptq_throughput": 2.0,
            "ptq_drop_pts": -0.5}
-
-
-def fmt(value: Any, spec: str = ".4f") -> str:
-    """A table cell: ``–`` for missing or NaN values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, int) and not isinstance(value, bool) and spec == ".4f":
-        return str(value)
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return f"{value:{spec}}"
-    return str(value).replace("|", "/").replace("\n", " ")
 
 
 def _row(results: Mapping[str, Any], kind: str, scope: str | None = None) -> dict[str, Any] | None:
@@ -101,12 +90,6 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path) -> list[str]:
     context, q = results["context"], results["context"]["percentile"]
     met = {True: "met", False: "**missed**", None: "not measured"}
@@ -114,23 +97,25 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
              "\n".join(f"- {k}: {fmt(v) if not isinstance(v, list) else '; '.join(map(str, v))}" for k, v in
                        context.items() if k != "config") + "\n",
              f"## Outcome on {results['main_category']}\n",
-             _table(["check", "target", "measured", "outcome", "detail"],
+             markdown_table(["check", "target", "measured", "outcome", "detail"],
                     [[c["check"], c["target"], fmt(c["value"], ".2f"), met[c["met"]], c["detail"]]
                      for c in results["hypothesis"]]),
              "## Accuracy of the chosen setting of each model (test split)\n",
              f"Settings chosen by validation image AUROC (validation split disjoint from test). Thresholds fixed on "
              f"the validation split: anomalib's F1-adaptive, and the {q:g}th percentile of its normal scores; "
              "FAR = share of normal test images flagged.\n",
-             _table(["category", "model", "trained on", "setting", "val image AUROC", "image AUROC", "pixel AUROC",
-                     "F1 adaptive (FAR)", f"F1 p{q:g} (FAR)"],
+             "Raw = the models' own scores; normalised = after anomalib's post-processor (min–max with validation "
+             "statistics, clamped to [0, 1]: test images beyond the validation range tie).\n",
+             markdown_table(["category", "model", "trained on", "setting", "val image AUROC raw",
+                     *metric_header(results["main"]), "F1 adaptive (FAR)", f"F1 p{q:g} (FAR)"],
                     [[r["category"], KIND_TITLES[r["kind"]], "all categories" if r["scope"] == "all" else r["scope"],
-                      r["setting"], fmt(r["val_image_auroc"]), fmt(r["image_auroc"]), fmt(r["pixel_auroc"]),
+                      r["setting"], fmt(r["val_image_auroc"]), *metric_cells(r, results["main"]),
                       f"{fmt(r['adaptive_f1'])} ({fmt(r['adaptive_false_alarm_rate'], '.3f')})",
                       f"{fmt(r['percentile_f1'])} ({fmt(r['percentile_false_alarm_rate'], '.3f')})"]
                      for r in results["main"]])]
     parts += ["## Cost of each chosen model on the main category (torch FP32)\n",
-              _table(["model", "parameters", "size MB", "latency ms median / p95", "throughput img/s",
-                      "image AUROC (exported)"],
+              markdown_table(["model", "parameters", "size MB", "latency ms median / p95", "throughput img/s",
+                      "image AUROC normalised (exported)"],
                      [[c["label"], f"{c['parameters']:,}", fmt(c["records"][0]["size_mb"], ".2f"),
                        _latency(c["records"][0]),
                        fmt(c["records"][0]["throughput_ips"], ".1f"), fmt(c["records"][0]["image_auroc"])]
@@ -138,8 +123,8 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
     quantized = [c for c in results["cost"] if c["quantized"]]
     if quantized:
         parts += ["## Quantization of the best models, side by side\n",
-                  _table(["model", "variant", "status", "size MB", "latency ms median / p95", "throughput img/s (×)",
-                          "parameters", "image AUROC (Δ pts)"],
+                  markdown_table(["model", "variant", "status", "size MB", "latency ms median / p95", "throughput img/s (×)",
+                          "parameters", "image AUROC normalised (Δ pts)"],
                          [[c["label"], r["variant"], r["status"], fmt(r["size_mb"], ".2f"),
                            _latency(r),
                            f"{fmt(r['throughput_ips'], '.1f')} ({fmt(r['speedup_throughput'], '.2f')}×)",
@@ -154,7 +139,7 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
         rows = [[space.upper(), fmt(d["metrics"].get("precision")), fmt(d["metrics"].get("recall")),
                  fmt(d["metrics"].get("f1")), fmt(d["always_anomalous_f1"]), fmt(d["metrics"].get("auroc")),
                  "; ".join(d["notes"])] for space, d in dbscan.items() if isinstance(d, dict) and "metrics" in d]
-        parts.append(_table(["space", "precision", "recall", "F1", "F1 of always 'anomalous'", "AUROC", "notes"],
+        parts.append(markdown_table(["space", "precision", "recall", "F1", "F1 of always 'anomalous'", "AUROC", "notes"],
                             rows))
         for space in ("pca", "tsne"):
             entry = dbscan.get(space)
@@ -163,7 +148,7 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
                     parts.append(f"DBSCAN decided in the {space.upper()} space:\n\n"
                                  f"![DBSCAN {space}]({Path(file).relative_to(out)})\n")
     parts += ["## Training analysis: every setting\n",
-              _table(["trained on", "model", "setting", "status", "epochs", "best epoch", "best val loss",
+              markdown_table(["trained on", "model", "setting", "status", "epochs", "best epoch", "best val loss",
                       "val image AUROC", "fit s", "chosen", "over-fitting note"],
                      [[r["scope"], KIND_TITLES[r["kind"]], r["setting"], r["status"] if r["status"] == "ok" else
                        f"failed: {r['error']}", r["epochs"], fmt(r["best_epoch"], "d"), fmt(r["best_val_loss"]),

@@ -15,14 +15,18 @@ from typing import Any
 
 import torch
 
+from anomalib_simplenet.lab.data import datamodule as category_datamodule
+from anomalib_simplenet.lab.data import prepare_categories, union_datamodule
+from anomalib_simplenet.lab.figures import plot_report
+from anomalib_simplenet.lab.fit import FitResult, overfitting_note
+from anomalib_simplenet.lab.scores import evaluate, predict, roc_points
+
 from . import figures
 from .clusters import run_dbscan
 from .cost import measure_model
-from .data import category_datamodule, prepare_categories, union_datamodule
-from .evaluation import evaluate, predict, roc_points
 from .report import hypothesis_checks, write_report
 from .settings import KINDS, Setting, load_settings, resolve_init_args
-from .training import FitResult, fit_setting, overfitting_note
+from .training import fit_setting, weights_line
 
 ALL = "all"  # scope of the models trained on all categories at once
 
@@ -63,7 +67,11 @@ def _step(message: str) -> None:
 class Candidate:
     """A fitted setting, its metrics per category and (while it may still be chosen) the model itself."""
 
+    setting: Setting
+    scope: str
+    init_args: dict[str, Any]
     fit: FitResult
+    weights: str = ""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     roc: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
@@ -98,13 +106,13 @@ def _fit_scope(
             init_args = resolve_init_args(setting, config.image_size, config.teacher, not config.random_teacher,
                                           categories)
         except ValueError as error:
-            fit = FitResult(setting, scope, run_dir, status="failed", error=str(error))
+            fit = FitResult(setting.label, run_dir, status="failed", error=str(error))
             print(f"[study] {scope} {setting.label} FAILED: {error}", flush=True)
-            candidates.append(Candidate(fit))
+            candidates.append(Candidate(setting, scope, {}, fit))
             continue
         fit = fit_setting(setting, init_args, scope, datamodule, run_dir, config.max_epochs, config.patience,
                           config.seed)
-        candidate = Candidate(fit)
+        candidate = Candidate(setting, scope, init_args, fit, weights_line(fit.model))
         candidates.append(candidate)
         if fit.status == "ok":
             _evaluate(candidate, evaluated_on, config.percentile)
@@ -125,12 +133,12 @@ def _fit_scope(
 def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
     fit = candidate.fit
     return {
-        "kind": fit.setting.kind, "setting": fit.setting.name, "scope": fit.scope, "status": fit.status,
-        "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
-        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "weights": fit.weights, "chosen": chosen,
+        "kind": candidate.setting.kind, "setting": candidate.setting.name, "scope": candidate.scope,
+        "status": fit.status, "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
+        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "weights": candidate.weights, "chosen": chosen,
         "selection_val_image_auroc": candidate.selection_score if candidate.metrics else math.nan,
         "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
-        "init_args": {k: v for k, v in fit.init_args.items() if k != "categories"},
+        "init_args": {k: v for k, v in candidate.init_args.items() if k != "categories"},
         "history": fit.history, "run_dir": str(fit.run_dir), "metrics": candidate.metrics,
     }
 
@@ -166,7 +174,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     chosen_ids = {id(c) for best in chosen.values() for c in best.values()}
     runs = [_run_record(c, id(c) in chosen_ids) for c in candidates]
     main = [
-        {"category": category, "scope": scope, "kind": kind, "setting": c.fit.setting.name, **c.metrics[category]}
+        {"category": category, "scope": scope, "kind": kind, "setting": c.setting.name, **c.metrics[category]}
         for scope, best in chosen.items() for kind, c in best.items() for category in c.metrics
     ]
     _step("figures: ROC curves, loss curves, reconstructions")
@@ -176,28 +184,28 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     on_main = sorted(chosen.get(main_category, {}).values(), key=lambda c: c.selection_score, reverse=True)
     cost: list[dict[str, Any]] = []
     for rank, candidate in enumerate(on_main):
-        label = candidate.fit.setting.label
+        label = candidate.setting.label
         quantize = rank < config.quantize_top
         _step(f"cost of {label} on {main_category}" + (" (with OpenVINO variants)" if quantize else ""))
         result = measure_model(label, candidate.fit.model, datamodules[main_category],
-                               out / "exports" / candidate.fit.setting.kind, quantize, config.threads,
+                               out / "exports" / candidate.setting.kind, quantize, config.threads,
                                config.throughput_seconds)
-        cost.append({"label": label, "kind": candidate.fit.setting.kind, "parameters": result.parameters,
+        cost.append({"label": label, "kind": candidate.setting.kind, "parameters": result.parameters,
                      "quantized": quantize, "records": result.records})
         if quantize:
-            figure_files[f"quantization {label}"] = figures.quantization_figure(
-                result.records, out / "figures" / f"quantization_{candidate.fit.setting.kind}.png", label)
+            figure_files[f"quantization {label}"] = plot_report(
+                result.records, out / "figures" / f"quantization_{candidate.setting.kind}.png", label)
 
     dbscan: dict[str, Any] = {}
     if on_main:
         best = on_main[0]
-        _step(f"DBSCAN on the embeddings of {best.fit.setting.label} ({main_category})")
+        _step(f"DBSCAN on the embeddings of {best.setting.label} ({main_category})")
         try:
-            dbscan = {"model": best.fit.setting.label, "category": main_category,
+            dbscan = {"model": best.setting.label, "category": main_category,
                       **run_dbscan(best.fit.model, datamodules[main_category], out / "dbscan",
                                    config.dbscan_min_samples, config.seed)}
         except Exception as error:  # noqa: BLE001 - the report says it failed
-            dbscan = {"model": best.fit.setting.label, "category": main_category, "error": repr(error)}
+            dbscan = {"model": best.setting.label, "category": main_category, "error": repr(error)}
 
     context = {
         "command": config.command, "categories": list(config.categories), "data": data_notes,

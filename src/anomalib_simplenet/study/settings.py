@@ -81,10 +81,10 @@ def model_class(kind: str) -> type:
 
         return TeacherMahalanobis
     if kind == "unet_ae":
-        from anomalib_simplenet import UNetAE
+        from anomalib_simplenet.models import UNetAE
 
         return UNetAE
-    from anomalib_simplenet import DistillClassifier
+    from anomalib_simplenet.models import DistillClassifier
 
     return DistillClassifier
 

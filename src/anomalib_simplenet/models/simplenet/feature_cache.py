@@ -31,6 +31,8 @@ from .training_data import read_only_uncached_images, train_set_size, uncacheabl
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
+# Storage precisions: float16 halves the cache; its rounding (relative 2⁻¹¹) is far below the training noise.
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class FeatureCache:
@@ -40,14 +42,18 @@ class FeatureCache:
         max_bytes: most bytes of feature data to hold; :meth:`put` refuses entries beyond it.
         directory: store entries as files here (created; a temporary directory when ``""``) instead of in
             CPU memory. Files are removed by :meth:`clear`.
+        dtype: precision entries are stored in (``None``: as given); :meth:`get` returns them in the dtype
+            they were given in.
     """
 
-    def __init__(self, max_bytes: int, directory: str | Path | None = None) -> None:
+    def __init__(self, max_bytes: int, directory: str | Path | None = None, dtype: torch.dtype | None = None) -> None:
         if max_bytes <= 0:
             msg = f"feature cache size bound must be > 0 bytes, got {max_bytes}"
             raise ValueError(msg)
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
+        self.dtype = dtype
+        self._given_dtype: torch.dtype | None = None  # what get() returns
         self._memory: dict[str, torch.Tensor] = {}
         self._files: dict[str, Path] = {}
         self._owned_dir = False
@@ -75,14 +81,20 @@ class FeatureCache:
         return list(self._files if self.directory is not None else self._memory)
 
     def fits(self, count: int, entry_bytes: int) -> bool:
-        """Whether ``count`` entries of ``entry_bytes`` each stay within the bound."""
+        """Whether ``count`` entries of ``entry_bytes`` each (as stored) stay within the bound."""
         return count * entry_bytes <= self.max_bytes
+
+    def stored_bytes(self, entry: torch.Tensor) -> int:
+        """Bytes ``entry`` takes in this cache."""
+        return entry.numel() * (entry.element_size() if self.dtype is None else self.dtype.itemsize)
 
     def get(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
         """Cached features ``(D, h, w)`` (on CPU) for each key, ``None`` where absent."""
         if self.directory is None:
-            return [self._memory.get(key) for key in keys]
-        return [torch.load(self._files[key], weights_only=True) if key in self._files else None for key in keys]
+            entries = [self._memory.get(key) for key in keys]
+        else:
+            entries = [torch.load(self._files[key], weights_only=True) if key in self._files else None for key in keys]
+        return [None if entry is None else entry.to(self._given_dtype) for entry in entries]
 
     def put(self, keys: Sequence[str], features: torch.Tensor) -> bool:
         """Store ``features`` ``(N, D, h, w)`` under ``keys``; ``False`` (nothing stored) if over the bound."""
@@ -90,14 +102,15 @@ class FeatureCache:
             msg = f"feature cache: {len(keys)} keys for {len(features)} feature maps"
             raise ValueError(msg)
         new = [(key, entry) for key, entry in zip(keys, features, strict=True) if key not in self]
-        size = sum(entry.numel() * entry.element_size() for _, entry in new)
+        size = sum(self.stored_bytes(entry) for _, entry in new)
         if self.nbytes + size > self.max_bytes:
             return False
         if self.directory is not None and new:
             self.directory.mkdir(parents=True, exist_ok=True)  # again after clear() removed a temporary one
+        self._given_dtype = features.dtype
         for key, entry in new:
             # clone: an entry must not keep the whole batch tensor (or GPU memory) alive.
-            entry = entry.detach().to("cpu", copy=True)
+            entry = entry.detach().to("cpu", dtype=self.dtype or entry.dtype, copy=True)
             if self.directory is None:
                 self._memory[key] = entry
             else:
@@ -138,6 +151,7 @@ class TrainingFeatureCache:
             fallback at INFO level, an explicit mode at WARNING level.
         max_bytes: bound of the cached data; if the whole training set would not fit, nothing is cached.
         directory: folder for ``"disk"`` (a temporary one, removed at :meth:`stop`, when ``None``).
+        dtype: storage precision, one of :data:`CACHE_DTYPES` (features are served back in float32).
 
     Call :meth:`start` when fitting starts, the object itself in each training step, :meth:`stop` at the end.
     """
@@ -148,8 +162,13 @@ class TrainingFeatureCache:
         mode: str = "auto",
         max_bytes: int = 4 * 2**30,
         directory: str | Path | None = None,
+        dtype: str = "float32",
     ) -> None:
+        if dtype not in CACHE_DTYPES:
+            msg = f"feature cache dtype must be one of {list(CACHE_DTYPES)}, got {dtype!r}"
+            raise ValueError(msg)
         self.extract = extract
+        self.dtype = CACHE_DTYPES[dtype]
         self.mode = cache_mode(mode)
         self.max_bytes = max_bytes
         self.directory = directory
@@ -187,7 +206,7 @@ class TrainingFeatureCache:
         directory = None
         if self.mode == "disk":
             directory = rank_directory(self.directory) if self.directory else ""
-        self.cache = FeatureCache(self.max_bytes, directory)
+        self.cache = FeatureCache(self.max_bytes, directory, self.dtype)
         self.expected_images = train_set_size(trainer)
         self.reason, self._full_reported = None, False
         logger.info(
@@ -244,7 +263,7 @@ class TrainingFeatureCache:
 
     def _store(self, keys: list[str], features: torch.Tensor) -> None:
         assert self.cache is not None
-        entry_bytes = features[0].numel() * features[0].element_size()
+        entry_bytes = self.cache.stored_bytes(features[0])
         if len(self.cache) == 0 and self.expected_images and not self.cache.fits(self.expected_images, entry_bytes):
             needed = self.expected_images * entry_bytes / 2**30
             self._fall_back(

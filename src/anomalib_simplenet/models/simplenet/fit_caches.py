@@ -27,6 +27,7 @@ class FitFeatureCaches:
         max_gb: bound of each cache in GiB.
         directory: folder for ``"disk"``; the validation cache uses its sub-folder ``validation``, so the two
             are filled and freed independently. ``None``: temporary folders.
+        dtype: precision the features are stored in (``"float32"``, ``"float16"``, ``"bfloat16"``).
     """
 
     def __init__(
@@ -35,11 +36,13 @@ class FitFeatureCaches:
         mode: bool | str = "auto",
         max_gb: float = 4.0,
         directory: str | None = None,
+        dtype: str = "float32",
     ) -> None:
         if max_gb <= 0:
             msg = f"feature_cache_max_gb must be > 0, got {max_gb}"
             raise ValueError(msg)
-        arguments: dict[str, Any] = {"mode": cache_mode(mode), "max_bytes": int(max_gb * 2**30), "directory": directory}
+        arguments: dict[str, Any] = {"mode": cache_mode(mode), "max_bytes": int(max_gb * 2**30), "directory": directory,
+                                     "dtype": dtype}
         self.training = TrainingFeatureCache(extract, **arguments)
         if directory is not None:
             arguments["directory"] = str(Path(directory) / "validation")

@@ -26,7 +26,7 @@ from .feature_cache import TrainingFeatureCache
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from .fit_caches import FitFeatureCaches
 from .loss import TruncatedL1Loss
-from .noise_scale import measure_feature_scale, noise_warning
+from .noise_scale import LearnsNothingCheck, measure_feature_scale
 from .torch_model import SimpleNetModel
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,25 @@ VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise e
 
 class SimpleNet(PluginModuleMixin, AnomalibModule):
     """SimpleNet (Liu et al., CVPR 2023): the official architecture and training, with the feature size and the noise
-    σ derived from the backbone (the official settings: ``noise_std=0.015``, configs/simplenet_official.yaml).
+    σ derived from the backbone.
+
+    The authors' setup (their MVTec AD run; ``configs/simplenet_official.yaml``)::
+
+        from anomalib_simplenet.components.pre_processing import CenterCropPreProcessor
+
+        model = SimpleNet(
+            backbone="wide_resnet50_2.tv_in1k",  # torchvision's ImageNet weights; timm's plain name is racm_in1k
+            layers=["layer2", "layer3"],  # 1536-d features and a 1024-wide discriminator follow from them
+            noise_std=0.015,  # absolute σ, tuned for these features (other backbones: leave it None)
+            image_size=288,
+            pre_processor=CenterCropPreProcessor(image_size=288, resize_shorter_side=329),  # images and masks
+        )
+        datamodule = MVTecAD(..., train_batch_size=8, val_split_mode="from_test")
+        Engine(max_epochs=160, check_val_every_n_epoch=4).fit(model, datamodule=datamodule)  # 40 × 4 epochs
+
+    The official loop evaluates after every 4 discriminator epochs and keeps the meta-epoch with the best *test*
+    AUROC; select on validation images instead (e.g. ``ModelCheckpoint(monitor="val_loss")``), and use no early
+    stopping on a loss that has not moved (:class:`anomalib_simplenet.callbacks.EarlyStoppingOnceMoved`).
 
     Args:
         backbone: timm backbone name.
@@ -74,6 +92,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             validation images' features are cached the same way (a second cache of the same bound).
         feature_cache_max_gb: bound of the cache in GiB.
         feature_cache_dir: folder for ``feature_cache="disk"`` (default: a temporary folder, removed after fit).
+        feature_cache_dtype: precision the cached features are stored in: ``"float32"`` or ``"float16"`` (half
+            the memory; rounding of relative size 2⁻¹¹, far below the training noise) or ``"bfloat16"``.
         channels_last: channels-last backbone weights (faster convolutions; same numbers).
         location_gaussian: add the distance to a per-location Gaussian (fitted on the training features at the
             start of fit, in the feature-scale pass) to the discriminator's score, each in units of its spread on
@@ -107,6 +127,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache: bool | str = "auto",
         feature_cache_max_gb: float = 4.0,
         feature_cache_dir: str | None = None,
+        feature_cache_dtype: str = "float32",
         channels_last: bool = True,
         location_gaussian: bool = True,
         pre_processor: PreProcessor | bool = True,
@@ -141,7 +162,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             location_gaussian=location_gaussian,
         )
         self.feature_caches = FitFeatureCaches(
-            self.model.extract_features, feature_cache, feature_cache_max_gb, feature_cache_dir
+            self.model.extract_features, feature_cache, feature_cache_max_gb, feature_cache_dir, feature_cache_dtype
         )
         self.loss = TruncatedL1Loss(margin)
         # Two optimisers of different kinds (AdamW / Adam with L2), as the official code.
@@ -197,17 +218,26 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         return self.feature_caches.needs_images(batch.image_path)
 
     def on_train_epoch_end(self) -> None:
-        """After the first epoch, warn when the run shows the signature of noise too small to learn from."""
-        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged
-        if self.current_epoch == 0 and "p_normal_epoch" in metrics:
-            p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
-            logger.info("First epoch: p_normal %.3f, p_noised %.3f.", p_normal, p_noised)
-            warning = noise_warning(p_normal, p_noised, self.model.noise_generator)
-            if warning:
-                logger.warning(warning)
+        """Warn when the epoch's statistics show the signature of noise too small to learn from (validation,
+        when due this epoch, has run before this hook)."""
+        metrics = self.trainer.callback_metrics  # the epoch means of what training_step logged, and val_loss
+        if "p_normal_epoch" not in metrics:
+            return
+        p_normal, p_noised = float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])
+        train_loss = float(metrics["train_loss_epoch"])
+        if self.current_epoch == 0:
+            logger.info("First epoch: p_normal %.3f, p_noised %.3f, loss %.3f.", p_normal, p_noised, train_loss)
+        validated = self._validations > self._validations_checked and "val_loss" in metrics
+        self._validations_checked = self._validations
+        val_loss = float(metrics["val_loss"]) if validated else None
+        warning = self._learns_nothing.after_epoch(self.current_epoch, p_normal, p_noised, train_loss, val_loss)
+        if warning:
+            logger.warning(warning)
 
     def on_train_start(self) -> None:
         """Decide whether this fit trains from the feature cache (logs why not); measure the feature scale."""
+        self._learns_nothing = LearnsNothingCheck(self.model.noise_generator, self.loss.margin)
+        self._validations = self._validations_checked = 0
         self.feature_caches.start(self.trainer, self.pre_processor)
         gaussian = self.model.location_gaussian
         collected: list[torch.Tensor] | None = [] if gaussian is not None else None
@@ -243,6 +273,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
     def on_validation_epoch_start(self) -> None:
         """Restart the validation noise, so ``val_loss`` of every epoch sees the same noise."""
         self._val_noise: torch.Generator | None = None
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._validations += 1  # a fresh val_loss for the learns-nothing check
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict on validation images (the post-processor fits its threshold and normalisation on them).

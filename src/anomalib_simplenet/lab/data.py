@@ -1,0 +1,158 @@
+"""Data of every measurement: one subset rule, one datamodule factory, the raw test images.
+
+Subset rule: evenly spaced files of each folder in sorted order (``train/good``, ``test/good``, each defect
+type with its masks), linked under a run folder; ``max_test`` images of the test folder are shared evenly over
+its sub-folders. Datamodule: :class:`LocalMVTecAD` (anomalib's MVTecAD with clear errors and any image format)
+whose validation split is a seeded, label-aware part of the test folder (``val_split_mode="from_test"``),
+disjoint from the test split: choices are made on validation, only test is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from anomalib.data.datasets import MVTecADDataset
+from anomalib.data.utils import Split, read_image, read_mask
+
+from anomalib_simplenet.components.resize import AntialiasedResize
+from anomalib_simplenet.data.local import LocalDataset, LocalMVTecAD
+from anomalib_simplenet.data.multi_category import MultiCategoryMVTec
+from anomalib_simplenet.data.subset import make_subset
+from anomalib_simplenet.data.synthetic import make_synthetic_mvtec
+
+
+def test_share(category_dir: Path, max_test: int | None) -> int | None:
+    """Images per test sub-folder so that about ``max_test`` test images are taken (``None``: all)."""
+    if max_test is None:
+        return None
+    folders = [p for p in (category_dir / "test").iterdir() if p.is_dir()]
+    return max(1, max_test // max(1, len(folders)))
+
+
+def subset(
+    root: Path,
+    category: str,
+    target: Path,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    test_good: int | None = None,
+    test_defects: int | None = None,
+    defects: Sequence[str] | None = None,
+) -> Path:
+    """Linked subset of ``root/category`` as ``target/category``; returns ``target`` (the datamodule root).
+
+    ``max_test`` shares the test images evenly over the test sub-folders; ``test_good`` / ``test_defects``
+    (per defect type) set the two counts apart instead. ``None`` everywhere: every image.
+    """
+    origin = root / category
+    if not (origin / "train").is_dir() or not (origin / "test").is_dir():
+        msg = f"--data-root/--category: {origin} is not an MVTec-layout category (needs train/ and test/)"
+        raise FileNotFoundError(msg)
+    if max_test is not None:
+        test_good = test_defects = test_share(origin, max_test)
+    return make_subset(origin, target / category, max_train, test_good, test_defects, defects)
+
+
+def datamodule(
+    root: Path,
+    category: str,
+    image_size: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    val_split_ratio: float = 0.5,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+) -> LocalMVTecAD:
+    """One category; validation = a seeded ``val_split_ratio`` of the test folder, disjoint from the test split.
+
+    With ``image_size`` the dataset resizes with the models' own filter, so images of any size batch, also when
+    no trainer links the datamodule to a model (e.g. calibration after loading a checkpoint).
+    """
+    return LocalMVTecAD(
+        root=root, category=category, train_batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size,
+        num_workers=num_workers, augmentations=AntialiasedResize(image_size) if image_size else None,
+        val_split_mode="from_test", val_split_ratio=val_split_ratio, seed=seed,
+    )
+
+
+class LocalMultiCategory(MultiCategoryMVTec):
+    """:class:`MultiCategoryMVTec` over local folders (any image format; categories without masks allowed)."""
+
+    def category_dataset(self, category: str, split: Split) -> MVTecADDataset:
+        """The category's split read by :class:`LocalDataset`."""
+        return LocalDataset(self.root, category, split)
+
+
+def union_datamodule(
+    root: Path, categories: Sequence[str], image_size: tuple[int, int], batch_size: int, seed: int
+) -> LocalMultiCategory:
+    """All categories at once (classes = categories); validation loss on a seeded fifth of the training images.
+
+    Per-category validation splits are drawn per category, so a split of the union's test folders would mix
+    their test images into its validation set: the union validates on held-out training images instead.
+    """
+    return LocalMultiCategory(
+        root=root, categories=list(categories), train_batch_size=batch_size, eval_batch_size=batch_size,
+        num_workers=0, augmentations=AntialiasedResize(image_size), val_split_mode="from_train",
+        val_split_ratio=0.2, seed=seed,
+    )
+
+
+def prepare_categories(
+    source: Path | None,
+    categories: Sequence[str],
+    target: Path,
+    max_train: int | None,
+    max_test: int | None,
+    synthetic_size: int = 128,
+) -> tuple[Path, list[str]]:
+    """:func:`subset` of each category under ``target``; return ``(target, notes)``.
+
+    A category missing under ``source`` (or ``source=None``) is generated with :func:`make_synthetic_mvtec`
+    instead (seeded by its position, so two synthetic categories differ), and its note says so.
+    """
+    notes = []
+    for index, category in enumerate(categories):
+        origin = source / category if source is not None else None
+        if origin is not None and origin.is_dir():
+            share = test_share(origin, max_test)
+            subset(source, category, target, max_train, max_test)
+            train = "all" if max_train is None else f"≤{max_train}"
+            test = "all test images" if share is None else f"≤{share} test images per sub-folder"
+            notes.append(f"{category}: {origin} ({train} training images, {test})")
+        else:
+            n_train = max_train or 60
+            per_folder = max(2, (max_test or 30) // 3)
+            make_synthetic_mvtec(target, category=category, image_size=synthetic_size, n_train=n_train,
+                                 n_test_good=per_folder, n_test_defect=per_folder, seed=index)
+            why = "no --data-root" if origin is None else f"no folder {origin}"
+            notes.append(f"{category}: generated synthetic data ({n_train} train, {per_folder} per test folder); {why}")
+    return target, notes
+
+
+@dataclass
+class TestSample:
+    """One raw test image: ``image`` ``(3, H, W)`` float in [0, 1], ``mask`` ``(H, W)`` uint8 (zeros if normal)."""
+
+    path: Path
+    image: torch.Tensor
+    label: int
+    mask: torch.Tensor
+
+
+def load_test_samples(data: LocalMVTecAD) -> list[TestSample]:
+    """The test split's images at their original size (as a user passes them), with labels and masks."""
+    data.setup("test")
+    samples = []
+    for row in data.test_data.samples.itertuples():
+        mask_path = getattr(row, "mask_path", "") or ""
+        image = read_image(row.image_path, as_tensor=True)
+        if int(row.label_index) == 1 and mask_path:
+            mask = read_mask(mask_path, as_tensor=True)
+        else:
+            mask = torch.zeros(image.shape[-2:], dtype=torch.uint8)
+        samples.append(TestSample(Path(row.image_path), image, int(row.label_index), mask))
+    return samples

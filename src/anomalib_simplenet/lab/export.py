@@ -1,0 +1,238 @@
+"""Deployment variants of a trained model: export each (torch FP32, OpenVINO FP32/FP16/INT8/INT8_PTQ/INT8_ACQ),
+measure each on the raw test images, and the table comparing them with torch FP32.
+
+Each OpenVINO variant repeats what ``Engine.export(model, ExportType.OPENVINO, compression_type=...)`` does
+(``ov.convert_model`` of the ONNX graph, compression, ``ov.save_model``) without re-tracing the model for every
+variant. INT8 (weights) goes through the model's own ``_compress_ov_model`` (anomalib's NNCF call); INT8_PTQ and
+INT8_ACQ through :mod:`anomalib_simplenet.deploy.quantization`, which fixes anomalib 2.7's versions and is what
+``Engine.export`` runs for models that carry ``QuantizationFixesMixin``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomalib.deploy import CompressionType
+
+from anomalib_simplenet.deploy import accuracy_control_quantize, post_training_quantize
+
+from .data import load_test_samples
+from .latency import Measurement, load_runner, measure
+from .report import fmt, markdown_table
+
+if TYPE_CHECKING:
+    import openvino as ov
+    from anomalib.data import AnomalibDataModule
+    from anomalib.models import AnomalibModule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One exported form of the model: ``runtime`` is ``"torch"`` or ``"openvino"``."""
+
+    name: str
+    runtime: str
+    compression: CompressionType | None = None
+
+    @property
+    def slug(self) -> str:
+        """File-system name, e.g. ``openvino_int8_ptq``."""
+        return self.name.lower().replace(" ", "_")
+
+
+TORCH_FP32 = Variant("torch FP32", "torch")
+OPENVINO_FP32 = Variant("OpenVINO FP32", "openvino")
+OPENVINO_FP16 = Variant("OpenVINO FP16", "openvino", CompressionType.FP16)
+OPENVINO_INT8 = Variant("OpenVINO INT8", "openvino", CompressionType.INT8)
+OPENVINO_INT8_PTQ = Variant("OpenVINO INT8_PTQ", "openvino", CompressionType.INT8_PTQ)
+OPENVINO_INT8_ACQ = Variant("OpenVINO INT8_ACQ", "openvino", CompressionType.INT8_ACQ)
+
+
+def select_variants(with_acq: bool = False) -> list[Variant]:
+    """Variants in report order; the reference (torch FP32) first. ACQ only on request (it is slow)."""
+    variants = [TORCH_FP32, OPENVINO_FP32, OPENVINO_FP16, OPENVINO_INT8, OPENVINO_INT8_PTQ]
+    return [*variants, OPENVINO_INT8_ACQ] if with_acq else variants
+
+
+@dataclass
+class Exported:
+    """Outcome of exporting one variant: a model file and its size, or the error."""
+
+    variant: Variant
+    path: Path | None = None
+    size_bytes: int | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+
+def files_size(path: Path) -> int:
+    """Bytes on disk of a model file, with the ``.bin`` weights next to an OpenVINO ``.xml``."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(file.stat().st_size for file in files if file.is_file())
+
+
+def short_error(error: BaseException) -> str:
+    """First line of an exception, prefixed with its type (for a table cell)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
+
+
+def openvino_variant(
+    model: AnomalibModule,
+    graph: ov.Model,
+    target: Path,
+    compression: CompressionType | None = None,
+    datamodule: AnomalibDataModule | None = None,
+    max_drop: float = 0.01,
+) -> Path:
+    """OpenVINO IR at ``target`` (``.xml``) from a copy of ``graph`` (``ov.convert_model`` of the ONNX export),
+    compressed as ``Engine.export`` would; ``graph`` itself is left unchanged for the next variant."""
+    import openvino as ov
+
+    ov_model = graph.clone()
+    if compression == CompressionType.INT8_ACQ:
+        ov_model = accuracy_control_quantize(ov_model, datamodule, max_drop=max_drop)
+    elif compression == CompressionType.INT8_PTQ:
+        ov_model = post_training_quantize(ov_model, datamodule)
+    elif compression == CompressionType.INT8:
+        ov_model = model._compress_ov_model(ov_model, compression, datamodule)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, target, compress_to_fp16=compression == CompressionType.FP16)
+    return target
+
+
+def _convert(model: AnomalibModule, root: Path, input_size: tuple[int, int] | None) -> ov.Model | BaseException:
+    """ONNX export (slow: tracing) and conversion, once for all OpenVINO variants; an error is returned so that
+    each OpenVINO variant reports it."""
+    import openvino as ov
+
+    try:
+        return ov.convert_model(model.to_onnx(root, input_size=input_size))
+    except Exception as error:  # noqa: BLE001
+        return error
+
+
+def export_variants(
+    model: AnomalibModule,
+    variants: list[Variant],
+    root: Path,
+    datamodule: AnomalibDataModule,
+    input_size: tuple[int, int] | None = None,
+    max_drop: float = 0.01,
+) -> list[Exported]:
+    """Export ``model`` as each of ``variants`` under ``root``; a failing variant records its error and the rest go on.
+
+    ``input_size`` fixes the exported image size (``None``: dynamic height and width).
+    """
+    model.eval()
+    results: list[Exported] = []
+    graph: ov.Model | BaseException | None = None
+    for index, variant in enumerate(variants, start=1):
+        print(f"[export {index}/{len(variants)}] {variant.name} ...", flush=True)
+        start = time.perf_counter()
+        result = Exported(variant)
+        try:
+            if variant.runtime == "torch":
+                path = model.to_torch(root / variant.slug)
+            else:
+                if graph is None:
+                    graph = _convert(model, root / "onnx", input_size)
+                if isinstance(graph, BaseException):
+                    raise graph
+                target = root / variant.slug / "model.xml"
+                path = openvino_variant(model, graph, target, variant.compression, datamodule, max_drop)
+            result.path, result.size_bytes = path, files_size(path)
+        except Exception as error:  # noqa: BLE001 (one variant's failure must not stop the others)
+            logger.warning("export of %s failed:\n%s", variant.name, traceback.format_exc())
+            result.error = short_error(error)
+        result.seconds = time.perf_counter() - start
+        status = "failed: " + result.error if result.error else f"{result.size_bytes / 1e6:.1f} MB"
+        print(f"[export {index}/{len(variants)}] {variant.name}: {status} ({result.seconds:.1f} s)", flush=True)
+        results.append(result)
+    return results
+
+
+@dataclass
+class Row:
+    """One variant's export outcome and measurement (``None`` measurement: it failed, see ``error``)."""
+
+    exported: Exported
+    measurement: Measurement | None = None
+    error: str | None = None
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None or reference == 0 else value / reference
+
+
+def row_record(row: Row, reference: Row) -> dict[str, Any]:
+    """Flat record of a row: absolute numbers, ratios / differences against ``reference`` (torch FP32)."""
+    m, ref = row.measurement, reference.measurement
+    failure = row.exported.error or row.error
+    record: dict[str, Any] = {
+        "variant": row.exported.variant.name, "status": "ok" if failure is None else f"failed: {failure}",
+        "size_mb": None if row.exported.size_bytes is None else row.exported.size_bytes / 1e6,
+        "export_s": row.exported.seconds,
+    }
+    for key in ("latency_ms_median", "latency_ms_p95", "throughput_ips", "image_auroc", "pixel_auroc", "image_f1"):
+        record[key] = None if m is None else getattr(m, key)
+    record["size_ratio"] = _ratio(row.exported.size_bytes, reference.exported.size_bytes)
+    record["speedup_latency"] = _ratio(ref and ref.latency_ms_median, m and m.latency_ms_median)
+    record["speedup_throughput"] = _ratio(m and m.throughput_ips, ref and ref.throughput_ips)
+    for key in ("image_auroc", "pixel_auroc", "image_f1"):
+        value, base = record[key], ref and getattr(ref, key)
+        record[f"{key}_delta_pts"] = None if value is None or base is None else 100.0 * (value - base)
+    both = m is not None and ref is not None and len(m.scores) == len(ref.scores) > 0
+    record["max_abs_score_diff"] = max(abs(a - b) for a, b in zip(m.scores, ref.scores)) if both else None
+    record["scores"] = None if m is None else m.scores
+    return record
+
+
+def variants_table(records: list[dict[str, Any]]) -> str:
+    """The variants table; ratios are against the first record (torch FP32). Accuracy is on the exported models'
+    own (normalised) outputs: the graphs hold anomalib's post-processing."""
+    header = ["variant", "status", "size MB (×)", "latency ms median / p95 (speed-up)", "throughput img/s (×)",
+              "image AUROC normalised (Δ pts)", "pixel AUROC normalised (Δ pts)", "image F1 (Δ pts)",
+              "max |Δ score|"]
+    rows = [[
+        r["variant"], r["status"].replace("|", "/"), f"{fmt(r['size_mb'], '.1f')} ({fmt(r['size_ratio'], '.2f')}×)",
+        f"{fmt(r['latency_ms_median'], '.1f')} / {fmt(r['latency_ms_p95'], '.1f')} "
+        f"({fmt(r['speedup_latency'], '.2f')}×)",
+        f"{fmt(r['throughput_ips'], '.1f')} ({fmt(r['speedup_throughput'], '.2f')}×)",
+        *(f"{fmt(r[k])} ({fmt(r[k + '_delta_pts'], '+.2f')})" for k in ("image_auroc", "pixel_auroc", "image_f1")),
+        fmt(r["max_abs_score_diff"], ".2e"),
+    ] for r in records]
+    return markdown_table(header, rows)
+
+
+def measure_variants(
+    model: AnomalibModule, variants: list[Variant], root: Path, datamodule: AnomalibDataModule, threads: int,
+    throughput_seconds: float, warmup: int = 3, batch_size: int = 8, ov_precision: str = "f32",
+    input_size: tuple[int, int] | None = None, max_drop: float = 0.01, label: str = "",
+) -> list[dict[str, Any]]:
+    """Export ``model`` as each variant under ``root`` and measure each; one record per variant, torch first.
+    A failing variant is recorded with its error and the others go on."""
+    exported = export_variants(model, variants, root, datamodule, input_size, max_drop)
+    samples = load_test_samples(datamodule)
+    size = tuple(int(s) for s in model.input_size)
+    rows = []
+    for index, result in enumerate(exported, start=1):
+        print(f"==> measuring {index}/{len(exported)}: {result.variant.name} on {len(samples)} test images", flush=True)
+        row = Row(result)
+        if result.error is None:
+            try:
+                runner = load_runner(result.variant.runtime, result.path, threads, ov_precision)
+                row.measurement = measure(runner, samples, size, f"{label} {result.variant.name}".strip(), warmup,
+                                          batch_size, throughput_seconds)
+            except Exception as error:  # noqa: BLE001 (the other variants still get measured)
+                traceback.print_exc()
+                row.error = short_error(error)
+        rows.append(row)
+    return [row_record(row, rows[0]) for row in rows]

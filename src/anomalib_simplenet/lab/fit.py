@@ -1,0 +1,266 @@
+"""One fit of every measurement: callbacks (loss history, epoch timer), one result type, a fit that never raises.
+
+:func:`fit` trains with anomalib's ``Engine`` (optionally early stopping and keeping the checkpoint of lowest
+validation loss), optionally tests, and records losses, epoch times and memory; :func:`guarded` is its error
+handling for runs built elsewhere (the sweep's CLI-built engine): a failure becomes ``status="failed"`` with the
+error and an ``error.txt`` traceback, and the caller's loop goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib.callbacks import ModelCheckpoint
+from anomalib.engine import Engine
+from anomalib.models import AnomalibModule
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.trainer.states import TrainerFn
+
+from .latency import PeakMemory, rss_mb
+
+COLUMNS = ("epoch", "train_loss", "val_loss")
+# Relative rise of the last validation loss over its minimum read as over-fitting (noise on a few images is ~5%).
+OVERFIT_RISE = 0.10
+
+
+def _metric(trainer: Trainer, *names: str) -> float:
+    """First of ``names`` in the trainer's callback metrics, as a float (NaN when none is)."""
+    value = next((trainer.callback_metrics[n] for n in names if n in trainer.callback_metrics), None)
+    return math.nan if value is None else float(value)
+
+
+class LossHistory(Callback):
+    """``train_loss`` and ``val_loss`` (and any ``extra`` logged keys) once per epoch while fitting.
+
+    Read at ``on_train_epoch_end`` and ``on_validation_end``: both run after the model's own epoch-end hooks have
+    logged. Validation outside ``fit`` and sanity checks are ignored. With a ``prefix``, one progress line per epoch
+    is printed.
+    """
+
+    def __init__(self, train_key: str = "train_loss", val_key: str = "val_loss", extra: Sequence[str] = (),
+                 prefix: str = "") -> None:
+        self.train_key, self.val_key, self.extra, self.prefix = train_key, val_key, tuple(extra), prefix
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def _row(self, epoch: int) -> dict[str, float]:
+        return self.epochs.setdefault(epoch, {"train_loss": math.nan, "val_loss": math.nan})
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Store the epoch's aggregated training loss (``<key>_epoch`` when it was logged per step too)."""
+        del pl_module
+        row = self._row(trainer.current_epoch)
+        row["train_loss"] = _metric(trainer, f"{self.train_key}_epoch", self.train_key)
+        if self.prefix:  # Lightning validates before this hook: both losses are known
+            losses = "  ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss") if math.isfinite(row[k]))
+            print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {losses}", flush=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Store the validation loss (and the extra keys) of this epoch's validation during ``fit``."""
+        del pl_module
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        row = self._row(trainer.current_epoch)
+        row["val_loss"] = _metric(trainer, self.val_key)
+        row.update({k: float(trainer.callback_metrics[k]) for k in self.extra if k in trainer.callback_metrics})
+
+    def rows(self) -> list[dict[str, float]]:
+        """One ``{"epoch", "train_loss", "val_loss", ...}`` per epoch (epochs counted from 1), in order."""
+        return [{"epoch": epoch + 1, **values} for epoch, values in sorted(self.epochs.items())]
+
+    def last(self, key: str) -> float:
+        """Last finite value of ``key``; NaN when there is none."""
+        values = [row[key] for row in self.rows() if math.isfinite(row.get(key, math.nan))]
+        return values[-1] if values else math.nan
+
+    def best(self, key: str = "val_loss") -> float:
+        """Lowest finite value of ``key``; NaN when there is none."""
+        values = [row[key] for row in self.rows() if math.isfinite(row.get(key, math.nan))]
+        return min(values) if values else math.nan
+
+    def save_csv(self, path: str | Path) -> Path:
+        """Write the rows (:data:`COLUMNS`) as CSV at ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows())
+        return path
+
+
+def read_history_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows written by :meth:`LossHistory.save_csv`."""
+    with Path(path).open(newline="") as file:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+class EpochTimer(Callback):
+    """Per training epoch: seconds without validation, the peak memory of a training step (absolute, and above the
+    step's start; max over the epoch), RSS at the epoch's end; and every training step's loss (``losses``)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.losses: list[float] = []
+        self._start: float | None = None
+        self._validation = self._validation_start = 0.0
+        self._peaks: list[tuple[float, float]] = []
+        self._memory: PeakMemory | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the epoch's clock."""
+        self._start, self._validation, self._peaks = time.perf_counter(), 0.0, []
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Validation inside an epoch is not training time."""
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count the validation time out."""
+        if self._start is not None:
+            self._validation += time.perf_counter() - self._validation_start
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        """Start the step's memory watch."""
+        self._memory = PeakMemory(pl_module.device, collect=False).__enter__()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Record the step's memory peak and loss."""
+        if self._memory is not None:
+            self._memory.__exit__(None, None, None)
+            self._peaks.append((self._memory.absolute_mb, self._memory.peak_mb))
+        if isinstance(outputs, dict) and "loss" in outputs:
+            self.losses.append(float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Close the epoch's row."""
+        if self._start is None:
+            return
+        self.epochs.append({"seconds": time.perf_counter() - self._start - self._validation,
+                            "step_peak_mb": max((p[0] for p in self._peaks), default=0.0),
+                            "step_extra_mb": max((p[1] for p in self._peaks), default=0.0), "rss_end_mb": rss_mb()})
+        self._start = None
+
+
+@dataclass
+class FitResult:
+    """One fit (and test): its status, model, loss history, epoch timings, checkpoint and test metrics."""
+
+    name: str
+    run_dir: Path
+    status: str = "ok"  # "ok" or "failed"
+    error: str = ""
+    model: AnomalibModule | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)  # EpochTimer rows
+    losses: list[float] = field(default_factory=list)  # every training step's loss
+    best_epoch: int | None = None  # epoch (from 1) of the checkpoint kept, None = the weights at the end
+    checkpoint: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # Engine.test metrics (normalised scores)
+    fit_s: float = math.nan
+    test_s: float = math.nan
+
+    @property
+    def best_val_loss(self) -> float:
+        """Lowest validation loss over the epochs (NaN when none was logged)."""
+        values = [row["val_loss"] for row in self.history if math.isfinite(row["val_loss"])]
+        return min(values) if values else math.nan
+
+
+@contextlib.contextmanager
+def guarded(result: FitResult, prefix: str = "") -> Iterator[FitResult]:
+    """Turn an exception into ``result.status="failed"`` (first line of the error, ``error.txt`` traceback)."""
+    start = time.perf_counter()
+    result.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield result
+    except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+        result.status, result.error = "failed", f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        (result.run_dir / "error.txt").write_text(traceback.format_exc())
+        print(f"{prefix or result.name} FAILED: {result.error}", flush=True)
+    if math.isnan(result.fit_s):
+        result.fit_s = time.perf_counter() - start
+
+
+def fit(
+    name: str,
+    model: AnomalibModule,
+    data: Any,
+    run_dir: Path,
+    max_epochs: int,
+    patience: int | None = None,
+    test: bool = False,
+    seed: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    history_keys: Sequence[str] = (),
+    prefix: str = "",
+    **engine_args: Any,
+) -> FitResult:
+    """Fit ``model`` on ``data`` in ``run_dir``; never raises (see :func:`guarded`).
+
+    ``patience``: early stopping on ``val_loss`` and the checkpoint of lowest ``val_loss`` loaded at the end
+    (``None``: the weights after the last epoch, no checkpoint written). ``test``: ``Engine.test`` afterwards.
+    """
+    result = FitResult(name, run_dir)
+    with guarded(result, prefix):
+        if seed is not None:
+            seed_everything(seed, workers=True)
+        history, timer = LossHistory(extra=history_keys, prefix=prefix), EpochTimer()
+        checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_loss" if patience else None,
+                                     mode="min", filename="best", auto_insert_metric_name=False,
+                                     save_top_k=1 if patience else 0, save_last=False)
+        stop = [EarlyStopping(monitor="val_loss", mode="min", patience=patience)] if patience else []
+        engine_args = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                       **engine_args}
+        engine = Engine(max_epochs=max_epochs, default_root_dir=run_dir / "engine",
+                        callbacks=[history, timer, checkpoint, *stop, *callbacks], **engine_args)
+        start = time.perf_counter()
+        engine.fit(model, datamodule=data)
+        result.fit_s = time.perf_counter() - start
+        if patience and checkpoint.best_model_path:
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["state_dict"])
+            result.best_epoch, result.checkpoint = int(state["epoch"]) + 1, checkpoint.best_model_path
+        result.model, result.history, result.epochs, result.losses = model, history.rows(), timer.epochs, timer.losses
+        if result.history:
+            history.save_csv(run_dir / "history.csv")
+        if test:
+            start = time.perf_counter()
+            result.metrics = {k: float(v) for k, v in engine.test(model, datamodule=data, verbose=False)[0].items()}
+            result.test_s = time.perf_counter() - start
+        model.eval()
+    return result
+
+
+def overfitting_note(history: list[dict[str, float]], best_epoch: int | None) -> str:
+    """A sentence on the curves: where validation loss bottomed out and whether it then rose while training fell."""
+    rows = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
+    if not rows:
+        return "no validation loss (nothing trained)"
+    best = min(rows, key=lambda r: r["val_loss"])
+    last = rows[-1]
+    rise = (last["val_loss"] - best["val_loss"]) / max(abs(best["val_loss"]), 1e-12)
+    train_falls = math.isfinite(last["train_loss"]) and last["train_loss"] < best.get("train_loss", math.inf)
+    kept = f"; checkpoint of epoch {best_epoch} kept" if best_epoch else ""
+    if len(rows) < 2:
+        return f"one epoch only: no trend to read{kept}"
+    if best is last:
+        return f"validation loss still falling at the last epoch {int(last['epoch'])}: not over-fitted{kept}"
+    if rise <= OVERFIT_RISE:
+        return (f"validation loss flat after epoch {int(best['epoch'])} (+{100 * rise:.0f}% at the end): "
+                f"converged, no clear over-fitting{kept}")
+    if train_falls:
+        return (f"over-fits after epoch {int(best['epoch'])}: validation loss +{100 * rise:.0f}% by epoch "
+                f"{int(last['epoch'])} while training loss kept falling{kept}")
+    return (f"validation loss +{100 * rise:.0f}% after epoch {int(best['epoch'])} while training loss did not fall "
+            f"either: unstable training (learning rate?), not over-fitting{kept}")

@@ -1,0 +1,52 @@
+"""Run one measurement in its own process: its memory never adds to the next one's, and a crash (also a kill for
+memory) becomes that measurement's error row instead of a lost table.
+
+The child runs ``python -m anomalib_simplenet.lab.isolated MODULE:FUNCTION ARGS.json RESULT.json``: it calls
+``FUNCTION(**args)`` and writes the returned dict as JSON. The parent reads it back and adds the child's peak
+resident memory (``ru_maxrss`` of exactly that child, from ``os.wait4``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run_isolated(function: str, arguments: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
+    """``function`` (``"module:function"``) called with ``arguments`` in a child process; its result dict with
+    ``peak_rss_mb`` and ``wall_s``, or ``{"error": ...}`` when the child failed. Files go to ``folder/name.*``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args_file, result_file = folder / f"{name}.args.json", folder / f"{name}.result.json"
+    args_file.write_text(json.dumps(arguments, default=str))
+    result_file.unlink(missing_ok=True)
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", __name__, function, str(args_file), str(result_file)])  # noqa: S603
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    measured = {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}  # Linux: kB
+    if child.returncode == 0 and result_file.is_file():
+        return {**json.loads(result_file.read_text()), **measured}
+    code = child.returncode
+    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+    return {"error": f"child process {why} (memory?)" if code == -signal.SIGKILL else f"child process {why}",
+            **measured}
+
+
+def main(argv: list[str]) -> int:
+    """Child side: import, call, write the result."""
+    module, _, function = argv[0].partition(":")
+    arguments = json.loads(Path(argv[1]).read_text())
+    result = getattr(importlib.import_module(module), function)(**arguments)
+    Path(argv[2]).write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

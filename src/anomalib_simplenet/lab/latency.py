@@ -1,0 +1,240 @@
+"""Speed and memory: timing, peak memory, interleaved inference runs, and the runners of exported models.
+
+Memory on CPU is the process's resident set (Linux ``VmHWM`` high-water mark, reset through
+``/proc/self/clear_refs`` before each measured call; elsewhere RSS sampled every 2 ms); on GPU it is
+``torch.cuda.max_memory_allocated``. A runner maps images ``(N, 3, H, W)`` float in [0, 1] to outputs by name.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anomalib_simplenet.components.resize import antialiased_resize
+from anomalib_simplenet.deploy.precision import PRECISION_CHOICES, precision_config
+from anomalib_simplenet.deploy.quantization import prediction_from_outputs
+
+from .scores import auroc, f1_score
+
+__all__ = ["PRECISION_CHOICES", "Measurement", "PeakMemory", "load_runner", "measure", "measure_inference"]
+_STATUS = Path("/proc/self/status")
+
+
+def _status_mb(name: str) -> float | None:
+    try:
+        match = re.search(rf"^{name}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    value = _status_mb("VmRSS")
+    if value is not None:
+        return value
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_mb("VmHWM") is not None
+
+
+class PeakMemory:
+    """Context manager: peak memory above the level at entry (``peak_mb``) and the absolute peak, in MiB."""
+
+    def __init__(self, device: torch.device | str = "cpu", collect: bool = True) -> None:
+        self.cuda, self.collect = torch.device(device).type == "cuda", collect
+        self.peak_mb = self.absolute_mb = self._sampled = 0.0
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034 (a final class)
+        if self.collect:
+            gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated() / 2**20
+        else:
+            self._base = rss_mb()
+            if not _reset_rss_peak():
+                self._sampled = self._base
+                self._sampler = threading.Thread(target=self._sample, daemon=True)
+                self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._sampled = max(self._sampled, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.absolute_mb = torch.cuda.max_memory_allocated() / 2**20
+        elif self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            self.absolute_mb = max(self._sampled, rss_mb())
+        else:
+            self.absolute_mb = _status_mb("VmHWM") or rss_mb()
+        self.peak_mb = max(0.0, self.absolute_mb - self._base)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """``q``-th percentile (0–100) with linear interpolation."""
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def timed(run: Callable[[], Any], cuda: bool = False) -> float:
+    """Seconds one call of ``run`` takes (GPU work included)."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_inference(
+    runners: dict[str, Callable[[torch.Tensor], Any]], batch: torch.Tensor, throughput_runs: int, latency_runs: int,
+    cuda: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Throughput at ``batch``, batch-1 latency and peak memory per batch for every runner.
+
+    Runs are interleaved (round r runs every model once, starting at a rotating model) so that load from other
+    processes spreads over all models instead of hitting one; medians are reported.
+    """
+    names, single = list(runners), batch[:1]
+    for name in names:  # warm-up: first-call allocations, oneDNN/OpenVINO kernel selection
+        runners[name](batch)
+        runners[name](single)
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
+    for round_index in range(max(throughput_runs, latency_runs)):
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            if round_index < throughput_runs:
+                times[name][0].append(timed(lambda name=name: runners[name](batch), cuda))
+            if round_index < latency_runs:
+                times[name][1].append(timed(lambda name=name: runners[name](single), cuda))
+    results = {}
+    for name, (batch_times, single_times) in times.items():
+        with PeakMemory("cuda" if cuda else "cpu") as memory:
+            runners[name](batch)
+        median_batch = statistics.median(batch_times)
+        results[name] = {"images_per_s": len(batch) / median_batch, "batch_s_median": median_batch,
+                         "batch_s_all": batch_times, "latency_ms_median": 1000 * statistics.median(single_times),
+                         "latency_ms_p95": 1000 * percentile(single_times, 95), "peak_mb_per_batch": memory.peak_mb}
+    return results
+
+
+class Runner(Protocol):
+    """Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...)."""
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class TorchRunner:
+    """The model saved by ``Engine.export(TORCH)`` (``{"model": module}``); its ``forward`` pre- and post-processes."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        # Our own file from this run: unpickling it is safe (TorchInferencer asks for TRUST_REMOTE_CODE here).
+        self.model = torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
+        torch.set_num_threads(threads)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass without autograd."""
+        with torch.inference_mode():
+            outputs = self.model(images)
+        return {name: value for name, value in outputs._asdict().items() if value is not None}
+
+
+class OpenVINORunner:
+    """An OpenVINO IR compiled for the CPU with ``threads`` threads, the latency hint and ``precision`` (``f32`` by
+    default: OpenVINO would run FP32 IRs in bfloat16 on bf16-capable CPUs, see :mod:`..deploy.precision`)."""
+
+    def __init__(self, path: Path, threads: int, precision: str = "f32") -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **precision_config(precision)}
+        self.model = ov.Core().compile_model(str(path), "CPU", config)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One synchronous inference (input converted to float32 numpy, outputs back to tensors)."""
+        result = self.model(images.numpy())
+        return {output.any_name: torch.from_numpy(result[output]) for output in self.model.outputs}
+
+
+def load_runner(runtime: str, path: Path, threads: int, ov_precision: str = "f32") -> Runner:
+    """Runner for ``runtime`` (``"torch"`` or ``"openvino"``)."""
+    if runtime == "torch":
+        return TorchRunner(path, threads)
+    if runtime == "openvino":
+        return OpenVINORunner(path, threads, ov_precision)
+    msg = f"unknown runtime {runtime!r} (expected 'torch' or 'openvino')"
+    raise ValueError(msg)
+
+
+@dataclass
+class Measurement:
+    """What one runner scored on the raw test images (its own, normalised outputs) and how fast it ran."""
+
+    latency_ms_median: float
+    latency_ms_p95: float
+    throughput_ips: float
+    image_auroc: float
+    pixel_auroc: float
+    image_f1: float
+    scores: list[float] = field(default_factory=list)
+
+
+def measure(runner: Runner, samples: list, input_size: tuple[int, int], label: str, warmup: int = 3,
+            batch_size: int = 8, throughput_seconds: float = 5.0) -> Measurement:
+    """Every raw test image alone (batch 1, original size, timed after ``warmup`` calls): latency and metrics;
+    then throughput on batches of ``batch_size`` images resized to ``input_size`` for ≥ ``throughput_seconds``."""
+    for _ in range(warmup):
+        runner(samples[0].image[None])
+    latencies, scores, labels, predicted, maps, masks = [], [], [], [], [], []
+    for sample in tqdm(samples, desc=f"{label}: test images", leave=False, mininterval=2.0):
+        start = time.perf_counter()
+        outputs = runner(sample.image[None])
+        latencies.append((time.perf_counter() - start) * 1e3)
+        prediction = prediction_from_outputs(outputs, sample.label, sample.mask)
+        scores.append(float(prediction.pred_score))
+        labels.append(sample.label)
+        predicted.append(bool(prediction.pred_label) if prediction.pred_label is not None else False)
+        maps.append(prediction.anomaly_map.flatten().numpy())
+        masks.append(prediction.gt_mask.flatten().numpy())
+    images = torch.stack([antialiased_resize(s.image, input_size) for s in samples[:batch_size]])
+    while len(images) < batch_size:  # fewer test images than the batch: repeat them
+        images = torch.cat([images, images])[:batch_size]
+    runner(images)
+    done, start = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - start < throughput_seconds:
+        runner(images)
+        done += batch_size
+    truth = np.array(labels) == 1
+    return Measurement(
+        latency_ms_median=statistics.median(latencies), latency_ms_p95=percentile(latencies, 95),
+        throughput_ips=done / (time.perf_counter() - start), image_auroc=auroc(truth, np.array(scores)),
+        pixel_auroc=auroc(np.concatenate(masks), np.concatenate(maps)), image_f1=f1_score(np.array(predicted), truth),
+        scores=scores,
+    )

@@ -1,0 +1,64 @@
+"""The measuring layer's own pieces: raw-score metrics, the raw/normalised columns, a measurement in its own process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalib_simplenet.lab.data import subset
+from anomalib_simplenet.lab.isolated import run_isolated
+from anomalib_simplenet.lab.report import markdown_table, metric_cells, metric_header
+from anomalib_simplenet.lab.scores import Predictions, aupro, auroc, metrics
+
+
+def test_raw_scores_far_beyond_one_do_not_tie() -> None:
+    """torchmetrics squashes values outside [0, 1] with a sigmoid (sigmoid(40) == sigmoid(80) in float32): the raw
+    scores must be rescaled first, or every large score ties."""
+    labels = np.array([0, 0, 1, 1])
+    assert auroc(labels, np.array([40.0, 50.0, 60.0, 80.0])) == 1.0
+    assert auroc(labels, np.array([40.0, 80.0, 60.0, 50.0])) == 0.5
+    assert math.isnan(auroc(np.zeros(3), np.arange(3.0)))  # one class only
+
+
+def test_normalised_twin_shows_what_clamping_ties() -> None:
+    """Test images beyond the validation range are clamped to 1 by anomalib's normalisation and tie there."""
+    labels = np.array([0, 1, 0, 1])
+    raw = np.array([0.5, 2.0, 3.0, 4.0])  # the 3rd (normal) image is above the validation maximum, below the 4th
+    normalised = np.minimum(raw / 2.5, 1.0)  # validation range [0, 2.5] → [0, 1], clamped
+    maps = np.zeros((4, 2, 2), np.float32)
+    values = metrics(Predictions(raw, labels, maps, None, normalised, maps))
+    assert values["image_auroc"] == 0.75 and values["image_auroc_normalised"] == 0.625
+    assert math.isnan(values["pixel_auroc"])  # no masks
+
+
+def test_metric_columns_pair_raw_and_normalised() -> None:
+    records = [{"image_auroc": 0.9, "image_auroc_normalised": 0.8}, {"image_auroc": 0.7}]
+    assert metric_header(records) == ["image AUROC raw", "image AUROC normalised", "Δ normalised − raw"]
+    assert metric_cells(records[0], records) == ["0.9000", "0.8000", "-0.1000"]
+    assert metric_cells(records[1], records) == ["0.7000", "–", "–"]
+    table = markdown_table(["model", *metric_header(records)], [["a|b", *metric_cells(records[0], records)]])
+    assert table.splitlines()[1] == "|---|---|---|---|" and "| a/b |" in table
+
+
+def test_a_crashing_measurement_is_an_error_row(tmp_path: Path) -> None:
+    row = run_isolated("os:abort", {}, tmp_path, "crash")
+    assert row["error"] == "child process killed by SIGABRT" and row["peak_rss_mb"] > 0
+
+
+def test_subset_shares_max_test_over_the_test_folders(synthetic_root: Path, tmp_path: Path) -> None:
+    root = subset(synthetic_root, "synthetic", tmp_path, max_train=3, max_test=7)
+    counts = {p.name: len(list(p.iterdir())) for p in (root / "synthetic" / "test").iterdir()}
+    assert counts == {"good": 2, "blob": 2, "scratch": 2}  # 7 // 3 folders
+    with pytest.raises(FileNotFoundError, match="--data-root"):
+        subset(tmp_path, "missing", tmp_path / "x")
+
+
+def test_aupro_on_raw_maps_rewards_the_defect_regions() -> None:
+    masks = np.zeros((4, 16, 16), bool)
+    masks[1, 4:8, 4:8] = masks[3, 10:14, 2:6] = True
+    maps = masks * 50.0 + np.random.default_rng(0).random((4, 16, 16))  # raw units, far above 1
+    assert aupro(masks, maps) == pytest.approx(1.0) and aupro(masks, -maps) == pytest.approx(0.0)
+    assert math.isnan(aupro(None, maps))
