@@ -69,6 +69,9 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         threshold_percentile: percentile (0–100] of held-out normal scores for :attr:`percentile_threshold`.
         holdout_fraction: fraction of normal training images per category held out of the Gaussian fit.
         threshold_mode: image threshold of the post-processor: ``"f1_adaptive"`` or ``"percentile"``.
+        grid_alignment: place the anomaly map where the student's cells really look (their positions are
+            measured from the student, without data, each time the Gaussians are fitted, and saved with the
+            model); ``False``: plain ``align_corners=False`` upsampling, whose maps sit down-right of the defects.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """
 
@@ -94,6 +97,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         threshold_percentile: float = 99.0,
         holdout_fraction: float = 0.1,
         threshold_mode: str = "f1_adaptive",
+        grid_alignment: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -120,6 +124,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
             map_layers=list(map_layers),
             anomaly_map_sigma=anomaly_map_sigma,
             image_score=image_score,
+            grid_alignment=grid_alignment,
         )
         self.training_objective = DistillationObjective(
             mode, feature_weight, classification_weight, soft_label_weight, temperature, num_transforms,

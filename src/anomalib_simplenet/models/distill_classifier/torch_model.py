@@ -15,6 +15,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
+from anomalib_simplenet.components.grid_geometry import measure_geometry, naive_geometry, register_geometry
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.components.pre_processing import as_size
 
@@ -23,6 +24,7 @@ from .networks import EMBEDDING_DIM, STAGE_CHANNELS, STAGES, Student, StudentFea
 
 
 IMAGE_SCORES = ("embedding", "map_max")
+STAGE_STRIDES = {"conv2_x": 4, "conv3_x": 8}
 
 
 def check_image_score(image_score: str) -> str:
@@ -88,6 +90,9 @@ class DistillClassifierModel(nn.Module):
         anomaly_map_sigma: σ (pixels) of the anomaly map's Gaussian smoothing.
         image_score: ``"embedding"``: Mahalanobis distance of the pooled embedding; ``"map_max"``: maximum of
             the anomaly map (more sensitive to small local defects, which barely move a pooled embedding).
+        grid_alignment: resample the stages' distance maps at their cells' true input positions, measured from
+            the trained student whenever the Gaussians are fitted (kept in the ``grid_geometry`` buffer, see
+            :mod:`~anomalib_simplenet.components.grid_geometry`); ``False``: ``F.interpolate(align_corners=False)``.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class DistillClassifierModel(nn.Module):
         map_layers: Sequence[str] = STAGES,
         anomaly_map_sigma: float = 4.0,
         image_score: str = "embedding",
+        grid_alignment: bool = True,
     ) -> None:
         super().__init__()
         self.image_size = as_size(image_size)
@@ -110,6 +116,10 @@ class DistillClassifierModel(nn.Module):
         self.set_categories(categories, num_classes)
         map_dims = [STAGE_CHANNELS[stage] for stage in self.map_layers]
         self.anomaly_map_generator = AnomalyMapGenerator(map_dims, anomaly_map_sigma)
+        self.grid_alignment = grid_alignment
+        # Until the first fit: the positions of an untrained ResNet (zero padding: cell i at pixel s·i).
+        register_geometry(self, naive_geometry([STAGE_STRIDES[stage] for stage in self.map_layers]))
+        self.grid_geometry[:, 0] = 0.0
         # Image score below which this percentile of held-out normal training images falls (NaN until fitted).
         self.register_buffer("percentile_threshold", torch.tensor(float("nan")))
 
@@ -160,6 +170,8 @@ class DistillClassifierModel(nn.Module):
                 threshold, the ``percentile``-th percentile (0–100) of their image scores.
         """
         self.check_grid(features)
+        if self.grid_alignment:
+            self.grid_geometry.copy_(self.measure_grid_geometry())
         for index, (name, gaussians) in enumerate(zip(self.categories, self.gaussians, strict=True)):
             selected = (category_index == index) & fit_mask
             if int(selected.sum()) < 2:
@@ -173,6 +185,22 @@ class DistillClassifierModel(nn.Module):
             scores, _ = self.score(StudentFeatures(*(f[held_out].to(device) for f in features)), self.image_size)
             threshold = torch.quantile(scores.double(), percentile / 100).item()
         self.percentile_threshold.fill_(threshold)
+
+    def measure_grid_geometry(self) -> torch.Tensor:
+        """``(L, 2, 2)`` cell positions of the map stages, measured on the student as it is now (eval mode)."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            device = self.student.fc.weight.device
+
+            def stage_maps(images: torch.Tensor) -> list[torch.Tensor]:
+                features = self.student.features(images)
+                return [getattr(features, stage) for stage in self.map_layers]
+
+            strides = [STAGE_STRIDES[stage] for stage in self.map_layers]
+            return measure_geometry(stage_maps, strides, device=device).to(self.grid_geometry)
+        finally:
+            self.student.train(was_training)
 
     def image_scores(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores ``(N,)`` (distance to the nearest category's Gaussian) and that category ``(N,)``."""
@@ -224,7 +252,8 @@ class DistillClassifierModel(nn.Module):
                 torch.stack([o[1][stage] for o in outputs], dim=1)[batch_index, nearest]
                 for stage in range(len(self.map_layers))
             ]
-        anomaly_map = self.anomaly_map_generator(distance_maps, image_size)
+        geometry = self.grid_geometry if self.grid_alignment else None
+        anomaly_map = self.anomaly_map_generator(distance_maps, image_size, geometry)
         if self.image_score == "map_max":
             pred_score = anomaly_map.flatten(1).amax(dim=1)
         return pred_score, anomaly_map

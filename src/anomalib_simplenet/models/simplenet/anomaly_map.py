@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalib_simplenet.components.blur import anomaly_map_blur
+from anomalib_simplenet.components.grid_geometry import resample
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -20,7 +21,16 @@ class AnomalyMapGenerator(nn.Module):
         self.sigma = sigma
         self.blur = anomaly_map_blur(sigma)
 
-    def forward(self, scores: torch.Tensor, image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """Return the smoothed anomaly map at ``image_size``."""
-        anomaly_map = F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+    def forward(
+        self, scores: torch.Tensor, image_size: tuple[int, int] | torch.Size, geometry: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the smoothed anomaly map at ``image_size``.
+
+        ``geometry`` ``(2, 2)``: the score cells' input positions (offset, stride per axis); each pixel then
+        reads the scores where it lies. ``None``: ``F.interpolate(align_corners=False)`` (the official maths).
+        """
+        if geometry is not None:
+            anomaly_map = resample(scores, tuple(image_size), geometry)
+        else:
+            anomaly_map = F.interpolate(scores, size=tuple(image_size), mode="bilinear", align_corners=False)
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map

@@ -101,6 +101,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             A deviation from the official code, which scores with the discriminator alone (``False``,
             configs/simplenet_official.yaml): on validation images of magnetic_tile, toothbrush and mpdd_metal_plate
             (EfficientNet-Lite0, 256 px) it raised the mean image and pixel AUROC (benchmarks/simplenet_sweep.py).
+        grid_alignment: place the anomaly map where the backbone's cells really look (their positions are
+            measured once from the backbone, without data, and saved with the model); ``False`` reproduces the
+            official SimpleNet maps exactly, which sit down-right of the defects by up to a defect's radius.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """
 
@@ -130,6 +133,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_dtype: str = "float32",
         channels_last: bool = True,
         location_gaussian: bool = True,
+        grid_alignment: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -160,6 +164,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             anomaly_map_sigma=anomaly_map_sigma,
             channels_last=channels_last,
             location_gaussian=location_gaussian,
+            grid_alignment=grid_alignment,
         )
         self.feature_caches = FitFeatureCaches(
             self.model.extract_features, feature_cache, feature_cache_max_gb, feature_cache_dir, feature_cache_dtype

@@ -2,7 +2,8 @@
 
 Each location of a feature map is described by its ``k×k`` neighbourhood; the flattened neighbourhood vector
 (channel-major: ``c, ky, kx``) is averaged down to a fixed length with adaptive 1-D average pooling, deeper
-layers are bilinearly resized to the first layer's grid, and all layers are pooled together to the target
+layers are bilinearly resampled onto the first layer's grid (at the cells' true input positions when a grid
+geometry is given, see :mod:`anomalib_simplenet.components.grid_geometry`), and all layers are pooled together to the target
 length. Pooling acts on channels and resizing on space, so they commute: we pool *before* resizing, which
 gives the same result as the official order at a fraction of the memory.
 
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from anomalib_simplenet.components.grid_geometry import resample
 
 
 def adaptive_pool_matrix(in_channels: int, out_channels: int) -> torch.Tensor:
@@ -149,28 +152,42 @@ class PatchAggregator(nn.Module):
         """True when the fast fused path is used."""
         return self.row_groups is not None
 
-    def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Aggregate ``[(N, C_l, H_l, W_l)]`` into ``(N, target_embed_dim, H₀, W₀)``."""
+    def forward(self, feature_maps: Sequence[torch.Tensor], geometry: torch.Tensor | None = None) -> torch.Tensor:
+        """Aggregate ``[(N, C_l, H_l, W_l)]`` into ``(N, target_embed_dim, H₀, W₀)``.
+
+        Args:
+            feature_maps: the backbone's maps, the first one setting the output grid.
+            geometry: ``(L, 2, 2)`` cell positions of each layer (:mod:`anomalib_simplenet.components.grid_geometry`); deeper layers are then
+                sampled where the first layer's cells are. ``None``: ``F.interpolate(align_corners=False)``,
+                which assumes cell ``i`` of a stride-``s`` map at pixel ``s·i + (s − 1)/2`` (the official maths).
+        """
         if self.row_groups is not None:
-            return self._fused_forward(feature_maps, self.row_groups)
+            return self._fused_forward(feature_maps, self.row_groups, geometry)
         grid = feature_maps[0].shape[-2:]
         pooled = []
-        for features, pool in zip(feature_maps, self.layer_pools, strict=True):
+        for index, (features, pool) in enumerate(zip(feature_maps, self.layer_pools, strict=True)):
             layer = pool(neighbourhoods(features, self.patch_size))
-            if layer.shape[-2:] != grid:
-                layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
-            pooled.append(layer)
+            pooled.append(_onto_grid(layer, grid, geometry, index))
         return self.merge_pool(torch.cat(pooled, dim=1))
 
-    def _fused_forward(self, feature_maps: Sequence[torch.Tensor], row_groups: list[int]) -> torch.Tensor:
+    def _fused_forward(
+        self, feature_maps: Sequence[torch.Tensor], row_groups: list[int], geometry: torch.Tensor | None
+    ) -> torch.Tensor:
         grid = feature_maps[0].shape[-2:]
         pooled = []
-        for features, rows in zip(feature_maps, row_groups, strict=True):
+        for index, (features, rows) in enumerate(zip(feature_maps, row_groups, strict=True)):
             layer = row_neighbourhoods(features, self.patch_size)
             if rows > 1:  # mean over groups of `rows` consecutive channels (a reduction over whole planes)
                 layer = layer.unflatten(1, (-1, rows)).mean(dim=2)
-            # Resize only the layer's share of the output channels (a 1/L fraction of 1536), never 9·C.
-            if layer.shape[-2:] != grid:
-                layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
-            pooled.append(layer)
+            # Resample only the layer's share of the output channels (a 1/L fraction of 1536), never 9·C.
+            pooled.append(_onto_grid(layer, grid, geometry, index))
         return torch.cat(pooled, dim=1)
+
+
+def _onto_grid(layer: torch.Tensor, grid: torch.Size, geometry: torch.Tensor | None, index: int) -> torch.Tensor:
+    """Layer ``index``'s map ``(N, C, h, w)`` on the first layer's grid ``(H₀, W₀)``."""
+    if geometry is not None:
+        return layer if index == 0 else resample(layer, grid, geometry[index], geometry[0])
+    if layer.shape[-2:] == grid:
+        return layer
+    return F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)

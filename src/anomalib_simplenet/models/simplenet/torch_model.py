@@ -17,6 +17,12 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_simplenet.components.backbone import create_feature_extractor, default_layers, freeze
+from anomalib_simplenet.components.grid_geometry import (
+    measure_module_geometry,
+    naive_geometry,
+    register_geometry,
+    tracing,
+)
 
 from .anomaly_map import AnomalyMapGenerator
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD, AnomalyFeatureGenerator
@@ -40,13 +46,6 @@ def default_discriminator_hidden(embed_dim: int) -> int:
     the arithmetic of 152 for no measurable gain (benchmarks/simplenet_sweep.py).
     """
     return min(MAX_DISCRIMINATOR_HIDDEN, embed_dim)
-
-
-def _tracing() -> bool:
-    """True while torch.export / ONNX / TorchScript traces the model (no Python-side caching then)."""
-    compiler = getattr(torch, "compiler", None)
-    exporting = compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
-    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 def _xavier_init(module: nn.Module) -> None:
@@ -120,6 +119,11 @@ class SimpleNetModel(nn.Module):
             :mod:`.location_gaussian`; fitted by SimpleNet's fit); ``False``: the discriminator alone (official).
         channels_last: keep the backbone weights in channels-last memory format (faster convolutions on
             CPU (oneDNN) and on GPU tensor cores; the numbers are the same).
+        grid_alignment: resample the deeper layers onto the first layer's grid and the score map onto the
+            image at the cells' true input positions, measured once from the backbone's effective receptive
+            fields (:mod:`~anomalib_simplenet.components.grid_geometry`, kept in the ``grid_geometry``
+            buffer). ``False``: ``F.interpolate(align_corners=False)`` as the official code, whose maps sit
+            down-right of the defects (about 14 px for ImageNet EfficientNet-Lite0 at stride 8/16).
 
     The adapter's last layer and the discriminator's first layer are both linear per location, so the head
     multiplies them once per step (``W₁·Wₐ``, a ``hidden × D`` matrix) and runs one ``D → hidden`` product per
@@ -144,6 +148,7 @@ class SimpleNetModel(nn.Module):
         anomaly_map_sigma: float = 4.0,
         channels_last: bool = True,
         location_gaussian: bool = False,
+        grid_alignment: bool = True,
     ) -> None:
         super().__init__()
         layers = list(layers) if layers is not None else default_layers(backbone)
@@ -151,6 +156,10 @@ class SimpleNetModel(nn.Module):
         if channels_last:
             self.feature_extractor.to(memory_format=torch.channels_last)
         channels = self.feature_extractor.feature_info.channels()
+        strides = self.feature_extractor.feature_info.reduction()
+        self.grid_alignment = grid_alignment
+        geometry = measure_module_geometry(self.feature_extractor, strides) if grid_alignment else None
+        register_geometry(self, naive_geometry(strides) if geometry is None else geometry)
         pretrain_embed_dim = default_embed_dim(channels) if pretrain_embed_dim is None else pretrain_embed_dim
         target_embed_dim = default_embed_dim(channels) if target_embed_dim is None else target_embed_dim
         self.aggregator = PatchAggregator(channels, patch_size, pretrain_embed_dim, target_embed_dim)
@@ -172,7 +181,7 @@ class SimpleNetModel(nn.Module):
     @torch.no_grad()
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen part of the network: images ``(N, 3, H, W)`` → patch features ``(N, D, h, w)``."""
-        return self.aggregator(self.feature_extractor(images))
+        return self.aggregator(self.feature_extractor(images), self.grid_geometry if self.grid_alignment else None)
 
     def _fused_linear(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Adapter's last layer followed by the discriminator's first as one 1×1 convolution.
@@ -186,7 +195,7 @@ class SimpleNetModel(nn.Module):
         """
         adapter_out, discriminator_in = self.adapter[-1], self.discriminator[0]
         parameters = (adapter_out.weight, adapter_out.bias, discriminator_in.weight, discriminator_in.bias)
-        reuse = not torch.is_grad_enabled() and not _tracing()
+        reuse = not torch.is_grad_enabled() and not tracing()
         key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None) if reuse else None
         if key is not None and self._fused_cache is not None and self._fused_cache[0] == key:
             return self._fused_cache[1]
@@ -253,11 +262,14 @@ class SimpleNetModel(nn.Module):
         """Eval output for patch features ``(N, D, h, w)``: image scores ``(N,)`` and maps ``(N, 1, H, W)``.
 
         ``pred_score`` is the maximum of the per-location scores (as the official code); ``anomaly_map`` is
-        the one-channel score map upsampled to ``image_size`` and smoothed (no feature map is upsampled).
+        the one-channel score map upsampled to ``image_size`` (on the true grid, see ``grid_alignment``) and
+        smoothed (no feature map is upsampled).
         """
         scores = self.score_map(features)
         pred_score = scores.flatten(1).amax(dim=1)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=self.anomaly_map_generator(scores, image_size))
+        geometry = self.grid_geometry[0] if self.grid_alignment else None
+        anomaly_map = self.anomaly_map_generator(scores, image_size, geometry)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
         """Train mode: ``discriminate`` on the images' features; eval mode: :meth:`predict`."""

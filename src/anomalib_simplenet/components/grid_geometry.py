@@ -1,0 +1,223 @@
+"""Where the cells of a CNN feature map sit in the input image, and resampling on those true positions.
+
+A cell ``i`` of a stride-``s`` map is usually upsampled (bilinear, ``align_corners=False``) as if it were centred
+on input pixel ``s·i + (s − 1)/2``. What the cell responds to is centred elsewhere: zero-padded stride-2
+convolutions put it at ``s·i`` (``(s − 1)/2`` pixels up-left), "valid" convolutions and TF-style "same" padding
+further down-right, and trained weights move it again (ImageNet EfficientNet-Lite0's stride-16 cells respond to
+pixels about 13 px up-left of the assumed centre). Every upsampled anomaly map then sits down-right of the
+defect it found.
+
+The geometry is therefore *measured* from the network itself, without data: a small Gaussian blob (a defect)
+on a flat image at the normalised mean colour (neutral) changes the features of the cells around it most where a
+cell looks, so the response-weighted mean over the cells, mapped back through ``offset + stride · index``, must
+land on the blob. One rule covers zero, "valid" and "same" padding, any branch layout and what training did to
+the weights, where an analytic walk over the modules needs a case per layer type and still misses the trained
+weights. Dark and bright blobs at eight sub-cell phases near the probe's centre average out sampling and
+polarity; interior cells are translates of each other, so central ones give the interior geometry. A probe
+of input gradients instead (the effective receptive field on noise) gave the same offsets within about 1 px
+but needs a backward pass and random inputs.
+
+Positions are ``offset + stride · index`` in pixel-centre coordinates (pixel ``p`` is centred on ``p``), per axis,
+stored as ``(L, 2, 2)`` tensors ``[layer, (offset, stride), (y, x)]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+PROBE_SIZE = 224  # probe side: the response of stride-16 cells to a central blob fits with a margin
+PROBE_PHASES = [(2 * k, (2 * k + 6) % 16) for k in range(8)]  # blob positions (y, x) past the centre pixel
+BLOB_SIGMA = 4.0  # px: a small defect
+BLOB_AMPLITUDE = 2.0  # normalised units: a clearly visible dark or bright spot
+
+
+def naive_geometry(strides: Sequence[float]) -> torch.Tensor:
+    """``(L, 2, 2)`` geometry that ``F.interpolate(align_corners=False)`` assumes: offset ``(s − 1)/2``."""
+    rows = [[[(s - 1) / 2, (s - 1) / 2], [float(s), float(s)]] for s in strides]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def blob_probes(size: int, channels: int, sigma: float = BLOB_SIGMA) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe images ``(K, C, P, P)``: one Gaussian blob each on a flat image, and the blob centres ``(K, 2)``.
+
+    Dark and bright blobs (normalised units ±2) at ``PROBE_PHASES`` sub-cell positions near the image centre, so
+    that the sampling phase of any stride up to 16 averages out.
+    """
+    centre = size // 2
+    coordinates = torch.arange(size, dtype=torch.float64)
+    images, centres = [], []
+    for amplitude in (-BLOB_AMPLITUDE, BLOB_AMPLITUDE):
+        for phase_y, phase_x in PROBE_PHASES:
+            y, x = centre + phase_y, centre + phase_x
+            blob = torch.exp(-((coordinates[:, None] - y) ** 2 + (coordinates[None, :] - x) ** 2) / (2 * sigma**2))
+            images.append((amplitude * blob).float().expand(channels, -1, -1))
+            centres.append((y, x))
+    return torch.stack(images), torch.tensor(centres, dtype=torch.float64)
+
+
+@torch.no_grad()
+def measure_geometry(
+    features: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    strides: Sequence[float],
+    probe_size: int = PROBE_SIZE,
+    in_channels: int = 3,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Measure each feature layer's cell positions from its response to blobs on a flat (neutral) image.
+
+    Args:
+        features: maps images ``(K, C_in, P, P)`` to the feature maps ``[(K, C_l, h_l, w_l)]`` (eval mode).
+        strides: each layer's stride in input pixels (timm's ``feature_info.reduction()``).
+        probe_size: side ``P`` of the probe images.
+        in_channels: image channels.
+        device: where the probe runs.
+
+    Returns:
+        ``(L, 2, 2)`` float32 tensor ``[layer, (offset, stride), (y, x)]``; deterministic for given weights.
+
+    A cell responds most to a blob at its own position, so the response-weighted mean cell index
+    ``ĵ = Σ_j R_j · j / Σ_j R_j`` (``R_j``: squared feature change of cell ``j``) satisfies
+    ``blob = offset + stride · ĵ``; averaged over blob phases and polarities.
+    """
+    blobs, centres = blob_probes(probe_size, in_channels)
+    flat = torch.zeros(1, in_channels, probe_size, probe_size)
+    maps = list(features(torch.cat([flat, blobs]).to(device)))
+    if len(maps) != len(strides):
+        msg = f"measure_geometry: {len(maps)} feature maps but {len(strides)} strides"
+        raise ValueError(msg)
+    rows = []
+    for index, (feature_map, stride) in enumerate(zip(maps, strides, strict=True)):
+        response = (feature_map[1:] - feature_map[:1]).double().square().sum(dim=1).cpu()  # (K, h, w)
+        mass = response.sum(dim=(1, 2))
+        responding = mass > 0  # a rectifier may ignore one polarity
+        if not torch.isfinite(response).all() or not responding.any():
+            msg = f"measure_geometry: feature layer {index} does not respond to the probe blobs"
+            raise ValueError(msg)
+        response, mass, blob_centres = response[responding], mass[responding], centres[responding]
+        height, width = response.shape[-2:]
+        mean_y = (response.sum(dim=2) * torch.arange(height, dtype=torch.float64)).sum(dim=1) / mass
+        mean_x = (response.sum(dim=1) * torch.arange(width, dtype=torch.float64)).sum(dim=1) / mass
+        offset_y = (blob_centres[:, 0] - stride * mean_y).mean().item()
+        offset_x = (blob_centres[:, 1] - stride * mean_x).mean().item()
+        rows.append([[offset_y, offset_x], [float(stride), float(stride)]])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def measure_module_geometry(module: nn.Module, strides: Sequence[float], probe_size: int = PROBE_SIZE) -> torch.Tensor:
+    """:func:`measure_geometry` of a feature network, run in eval mode on its own device (mode restored)."""
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        return measure_geometry(module, strides, probe_size, device=device)
+    finally:
+        module.train(was_training)
+
+
+def interpolation_weights(
+    source_len: int | torch.SymInt,
+    target_len: int | torch.SymInt,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Linear-interpolation matrix ``(target_len, source_len)`` between two grids on one axis; rows sum to 1.
+
+    Args:
+        source_len: cells of the sampled grid.
+        target_len: cells of the output grid.
+        source: ``(offset, stride)`` of the sampled grid in input pixels (a 2-element tensor).
+        target: ``(offset, stride)`` of the output grid (``(0, 1)`` for image pixels).
+        dtype: dtype of the matrix.
+
+    Output cell ``i`` (at ``target_offset + target_stride · i``) reads the source at the continuous index
+    ``(position − source_offset) / source_stride``, clamped to the grid (edge values extend outwards, as in
+    ``F.interpolate``). Built with ``arange``/``clamp``/``abs`` from the lengths, so it traces to ONNX.
+    """
+    source, target = source.to(dtype), target.to(dtype)
+    positions = target[0] + target[1] * torch.arange(target_len, dtype=dtype, device=source.device)
+    index = ((positions - source[0]) / source[1]).clamp(0, source_len - 1)
+    cells = torch.arange(source_len, dtype=dtype, device=source.device)
+    return (1.0 - (index[:, None] - cells[None, :]).abs()).clamp_min(0.0)
+
+
+PIXEL_GRID = ((0.0, 0.0), (1.0, 1.0))  # the input pixels themselves: offset 0, stride 1
+
+
+_WEIGHTS_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_WEIGHTS_CACHE_SIZE = 32
+
+
+def tracing() -> bool:
+    """True while torch.export / ONNX / TorchScript traces the model (no Python-side caching then)."""
+    compiler = getattr(torch, "compiler", None)
+    exporting = compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
+    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _weights(
+    source_size: tuple, size: tuple, source: torch.Tensor, target: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column interpolation matrices; outside tracing they are kept per sizes and geometry (at batch 1
+    building them costs more than using them)."""
+    key = None
+    if not tracing():
+        key = (source_size, size, tuple(source.flatten().tolist()), tuple(target.flatten().tolist()), dtype,
+               source.device)  # fmt: skip
+        if key in _WEIGHTS_CACHE:
+            return _WEIGHTS_CACHE[key]
+    if key is None:
+        rows = interpolation_weights(source_size[0], size[0], source[:, 0], target[:, 0], dtype)
+        cols = interpolation_weights(source_size[1], size[1], source[:, 1], target[:, 1], dtype)
+        return rows, cols
+    # Plain constants (not inference tensors), usable whatever mode the next call runs in.
+    with torch.inference_mode(False), torch.no_grad():
+        rows = interpolation_weights(source_size[0], size[0], source[:, 0].clone(), target[:, 0].clone(), dtype)
+        cols = interpolation_weights(source_size[1], size[1], source[:, 1].clone(), target[:, 1].clone(), dtype)
+        if len(_WEIGHTS_CACHE) >= _WEIGHTS_CACHE_SIZE:
+            _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
+        _WEIGHTS_CACHE[key] = (rows, cols)
+    return rows, cols
+
+
+def resample(
+    maps: torch.Tensor,
+    size: tuple[int, int] | torch.Size,
+    source: torch.Tensor,
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Resample ``(N, C, h, w)`` maps on grid ``source`` to ``(N, C, H, W)`` = ``size`` on grid ``target``.
+
+    Args:
+        maps: feature or score maps.
+        size: output ``(H, W)``.
+        source: ``(2, 2)`` geometry ``[(offset, stride), (y, x)]`` of ``maps``' cells in input pixels.
+        target: geometry of the output cells; ``None``: the input pixels (:data:`PIXEL_GRID`).
+
+    Two matrix products with the map as the left operand, so that an exported graph keeps it a data input.
+    """
+    if target is None:
+        target = torch.tensor(PIXEL_GRID, device=source.device)
+    dtype = torch.promote_types(maps.dtype, torch.float32)
+    rows, cols = _weights(tuple(maps.shape[-2:]), tuple(size), source, target, dtype)  # (H, h), (W, w)
+    resampled = torch.matmul(maps.to(dtype), cols.transpose(0, 1))  # (N, C, h, W)
+    resampled = torch.matmul(resampled.transpose(-1, -2), rows.transpose(0, 1)).transpose(-1, -2)
+    return resampled.to(maps.dtype)
+
+
+def register_geometry(module: nn.Module, geometry: torch.Tensor, name: str = "grid_geometry") -> None:
+    """Store ``geometry`` as a checkpointed buffer of ``module``; a checkpoint saved before it existed keeps it.
+
+    The measured geometry is a function of the frozen weights, so the value computed at construction is the one
+    such a checkpoint would have carried.
+    """
+    module.register_buffer(name, geometry)
+
+    def fill_missing(_module: nn.Module, state_dict: dict, prefix: str, *_args: object) -> None:
+        state_dict.setdefault(prefix + name, getattr(module, name))
+
+    module.register_load_state_dict_pre_hook(fill_missing)

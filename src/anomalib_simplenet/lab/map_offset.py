@@ -1,0 +1,64 @@
+"""Map offset: how far an anomaly map's hot region sits from the defect it found, in pixels, signed.
+
+Per defective image: the centroid of the hottest ``top_fraction`` of the map's pixels minus the centroid of the
+ground-truth mask; averaged over the images. Positive ``dx``/``dy``: the map sits right of / below the defect.
+A feature grid resampled at the wrong positions shows as a consistent offset of the same sign on every image;
+where a map's strongest response is often off the defect altogether (false positives elsewhere), the centroid
+moves with it and the figure no longer measures the grid alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_TOP_FRACTION = 0.01
+
+
+def _centroids(weights: torch.Tensor) -> torch.Tensor:
+    """``(N, 2)`` centroids ``(x, y)`` of ``(N, H, W)`` non-negative weights."""
+    height, width = weights.shape[-2:]
+    ys = torch.arange(height, dtype=weights.dtype, device=weights.device)
+    xs = torch.arange(width, dtype=weights.dtype, device=weights.device)
+    mass = weights.sum(dim=(1, 2))
+    centre_x = (weights.sum(dim=1) * xs).sum(dim=1) / mass
+    centre_y = (weights.sum(dim=2) * ys).sum(dim=1) / mass
+    return torch.stack([centre_x, centre_y], dim=1)
+
+
+def map_offsets(
+    anomaly_maps: torch.Tensor, masks: torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION
+) -> torch.Tensor:
+    """Signed offsets ``(M, 2)`` ``(dx, dy)`` in pixels, one per image whose mask is not empty.
+
+    Args:
+        anomaly_maps: ``(N, H, W)`` or ``(N, 1, H, W)`` maps (higher = more anomalous).
+        masks: ground-truth masks of the same size (non-zero = defect).
+        top_fraction: share of each map's pixels (the highest) whose centroid is the map's position.
+    """
+    maps = anomaly_maps.detach().double().reshape(len(anomaly_maps), *anomaly_maps.shape[-2:])
+    truth = (masks.detach().reshape(len(masks), *masks.shape[-2:]) > 0).double()
+    if maps.shape != truth.shape:
+        msg = f"map_offsets: anomaly_maps {tuple(anomaly_maps.shape)} and masks {tuple(masks.shape)} differ in size"
+        raise ValueError(msg)
+    if not 0 < top_fraction <= 1:
+        msg = f"map_offsets: top_fraction must be in (0, 1], got {top_fraction}"
+        raise ValueError(msg)
+    defective = truth.flatten(1).sum(dim=1) > 0
+    maps, truth = maps[defective], truth[defective]
+    if not len(maps):
+        return torch.zeros(0, 2, dtype=torch.float64)
+    count = max(1, round(top_fraction * maps[0].numel()))
+    threshold = maps.flatten(1).topk(count, dim=1).values[:, -1]
+    hot = (maps >= threshold[:, None, None]).double()
+    return _centroids(hot) - _centroids(truth)
+
+
+def mean_map_offset(
+    anomaly_maps: torch.Tensor, masks: torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION
+) -> tuple[float, float]:
+    """Mean signed offset ``(dx, dy)`` in pixels over the defective images (NaN if there are none)."""
+    offsets = map_offsets(anomaly_maps, masks, top_fraction)
+    if not len(offsets):
+        return float("nan"), float("nan")
+    mean = offsets.mean(dim=0)
+    return float(mean[0]), float(mean[1])
