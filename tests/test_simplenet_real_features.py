@@ -17,8 +17,8 @@ from anomalib_simplenet import SimpleNet
 from .conftest import mvtec_datamodule
 
 PIXEL_BOUND_SYNTHETIC = 0.90  # measured 0.937
-PIXEL_BOUND_MAGNETIC_TILE = 0.65  # measured 0.842 (default: with the location Gaussian), 0.735 without (chance: 0.5)
-ENSEMBLE_PIXEL_GAIN = 0.05  # measured 0.107 (0.842 vs 0.735)
+PIXEL_BOUND_MAGNETIC_TILE = 0.65  # measured 0.873 (default: with the location Gaussian), 0.729 without (chance: 0.5)
+ENSEMBLE_PIXEL_GAIN = 0.05  # measured 0.144 (0.873 vs 0.729)
 
 
 def _fit_and_test(
@@ -45,7 +45,7 @@ def test_localises_synthetic_defects(synthetic_root: Path, tmp_path: Path) -> No
 
 def test_localises_magnetic_tile_defects(magnetic_tile_subset: Path, tmp_path: Path) -> None:
     """Measured (24 train images in batches of 2, 256 px, 20 epochs; 8 validation and 8 test images): pixel AUROC
-    0.842 (0.735 without the location Gaussian; 8 test images are too few to read much into image AUROC)."""
+    0.873 (0.729 without the location Gaussian; 8 test images are too few to read much into image AUROC)."""
     metrics = _fit_and_test(magnetic_tile_subset, "magnetic_tile", tmp_path, image_size=256, epochs=20)
     assert metrics["pixel_AUROC"] > PIXEL_BOUND_MAGNETIC_TILE
 
@@ -55,7 +55,7 @@ def test_localises_magnetic_tile_defects(magnetic_tile_subset: Path, tmp_path: P
 def test_location_gaussian_localises_magnetic_tile_better_than_the_discriminator_alone(
     magnetic_tile_subset: Path, tmp_path: Path
 ) -> None:
-    """Measured (as above, 20 epochs): pixel AUROC 0.842 with the per-location Gaussian, 0.735
+    """Measured (as above, 20 epochs): pixel AUROC 0.873 with the per-location Gaussian, 0.729
     with the discriminator alone (the official scoring)."""
     alone = _fit_and_test(magnetic_tile_subset, "magnetic_tile", tmp_path / "alone", image_size=256, epochs=20,
                           location_gaussian=False)
