@@ -110,3 +110,14 @@ def test_ensemble_exports_to_openvino() -> None:
         compiled = ov.compile_model(ov.convert_model(MapOnly(), example_input=images[:1]), "CPU", FP32_CPU_CONFIG)
     exported = torch.from_numpy(compiled(images[1:2].numpy())[0])
     torch.testing.assert_close(exported, model(images[1:2]).anomaly_map, rtol=1e-3, atol=1e-3)
+
+
+def test_default_keeps_the_gaussians_only_for_short_features() -> None:
+    """``None`` decides by the feature length: D×D matrices per location are cheap at D = 152, gigabytes at 1056+."""
+    from anomalib_simplenet.models.simplenet.torch_model import MAX_LOCATION_GAUSSIAN_DIM
+
+    short = {**SMALL, "location_gaussian": None, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM}
+    wide = {**short, "pretrain_embed_dim": 384, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM + 1}
+    assert SimpleNetModel(**short).location_gaussian is not None
+    assert SimpleNetModel(**wide).location_gaussian is None
+    assert SimpleNetModel(**{**wide, "location_gaussian": True}).location_gaussian is not None

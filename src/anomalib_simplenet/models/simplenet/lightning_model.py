@@ -101,6 +101,9 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             A deviation from the official code, which scores with the discriminator alone (``False``,
             configs/simplenet_official.yaml): on validation images of magnetic_tile, toothbrush and mpdd_metal_plate
             (EfficientNet-Lite0, 256 px) it raised the mean image and pixel AUROC (benchmarks/simplenet_sweep.py).
+            ``None`` (default): on for features of at most 256 channels (EfficientNet-Lite: 152–168), off for wider
+            ones, whose per-location ``D×D`` matrices would take gigabytes (Inception-v3: 1056, wide_resnet50_2:
+            1536) and were not validated; ``True`` forces it.
         grid_alignment: place the anomaly map where the backbone's cells really look (their positions are
             measured once from the backbone, without data, and saved with the model); ``False`` reproduces the
             official SimpleNet maps exactly, which sit down-right of the defects by up to a defect's radius.
@@ -132,7 +135,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         feature_cache_dir: str | None = None,
         feature_cache_dtype: str = "float32",
         channels_last: bool = True,
-        location_gaussian: bool = True,
+        location_gaussian: bool | None = None,
         grid_alignment: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
