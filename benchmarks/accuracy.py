@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="training batch size (evaluation: 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--no-location-gaussian", action="store_true",
+                        help="SimpleNet scores with its discriminator alone (the official scoring)")
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only write the table of the accuracy.json files in these output folders")
     return parser.parse_args(argv)
@@ -94,6 +96,11 @@ def write(results: dict[str, dict[str, Any]], header: str, output: Path, setting
     return table
 
 
+def model_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Arguments for model ``name`` beyond the shared ones (SimpleNet's official scoring on request)."""
+    return {"location_gaussian": False} if name == "simplenet" and args.no_location_gaussian else {}
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     args.output = (args.output or REPO / "results" / f"accuracy_{args.category}").resolve()
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         epochs = args.epochs if name == "simplenet" else peer_epochs
         print(f"==> {name}: {epochs} epoch(s) in its own process", flush=True)
         results[name] = run_isolated("anomalib_simplenet.lab.compare:fit_and_score",
-                                     {**common, "name": name, "epochs": epochs}, args.output / "processes", name)
+                                     {**common, "name": name, "epochs": epochs, **model_options(name, args)},
+                                     args.output / "processes", name)
         print(json.dumps({name: results[name]}), flush=True)
         write(results, settings, args.output, settings)
     weights = next((row["weights"] for row in results.values() if "weights" in row), str(args.weights))

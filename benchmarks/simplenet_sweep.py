@@ -15,6 +15,8 @@ For reference, the same validation images are scored without training, on the sa
 feature-map location (Padim's model), one Gaussian for all locations, and the distance to the nearest of
 ``--bank`` random training locations (Patchcore's score without the coreset). The first uses *where* a feature
 sits; SimpleNet's discriminator, like the other two, sees one location at a time wherever it is.
+``--location-gaussian 0 1`` trains every setting twice: scored by the discriminator alone (the official scoring) and
+with SimpleNet's per-location Gaussian next to it (its default, fitted on the cached training features first).
 
 Prints and writes (``sweep.md``, ``sweep.json`` in ``--output``) the curves per category and setting, the mean
 over categories per setting and epoch (the basis of the defaults, README's SimpleNet section) and the references.
@@ -23,6 +25,7 @@ over categories per setting and epoch (the basis of the defaults, README's Simpl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -54,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relative-noise", nargs="*", type=float, default=[0.2, 0.4, 0.8])
     parser.add_argument("--hidden", nargs="+", type=int, default=[None],
                         help="discriminator widths (default: SimpleNet's)")
+    parser.add_argument("--location-gaussian", nargs="+", type=int, default=[0, 1], choices=[0, 1],
+                        help="score with the discriminator alone (0, official) and/or with the per-location Gaussian")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -154,15 +159,19 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
     def cell(row: dict[str, float]) -> str:
         return f"{fmt(row['image_auroc'], '.3f')} / {fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}"
 
-    rows = [[run["category"], str(run["relative_noise_std"]), run["hidden"], *(cell(row) for row in run["rows"])]
-            for run in runs]
-    for relative, hidden in sorted({(run["relative_noise_std"], str(run["hidden"])) for run in runs}):
-        chosen = [run for run in runs if (run["relative_noise_std"], str(run["hidden"])) == (relative, hidden)]
+    def setting(run: dict[str, Any]) -> tuple[float, str, bool]:
+        return run["relative_noise_std"], str(run["hidden"]), run["location_gaussian"]
+
+    rows = [[run["category"], str(run["relative_noise_std"]), run["hidden"], str(run["location_gaussian"]),
+             *(cell(row) for row in run["rows"])] for run in runs]
+    for relative, hidden, gaussian in sorted({setting(run) for run in runs}):
+        chosen = [run for run in runs if setting(run) == (relative, hidden, gaussian)]
         means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        rows.append([f"mean image AUROC ({len(chosen)} categories)", str(relative), hidden,
+        rows.append([f"mean image AUROC ({len(chosen)} categories)", str(relative), hidden, str(gaussian),
                      *(fmt(m, ".3f") for m in means)])
+    header = ["category", "σ (relative)", "hidden", "location Gaussian", *map(str, range(1, epochs + 1))]
     lines = ["image AUROC / pixel AUROC / validation loss on validation images (raw scores), per epoch", "",
-             markdown_table(["category", "σ (relative)", "hidden", *map(str, range(1, epochs + 1))], rows)]
+             markdown_table(header, rows)]
     if reference:
         names = list(next(iter(reference.values())))
         lines += ["Untrained scores on the same features (validation image AUROC)", "",
@@ -189,16 +198,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.bank > 0:
             reference[category] = references(train, val, args.bank)
             print(json.dumps({category: reference[category]}), flush=True)
-        for hidden in args.hidden:
-            for relative in args.relative_noise:
-                model = build(args, relative_noise_std=relative, discriminator_hidden=hidden)
-                hidden_width = model.model.discriminator[0].out_channels
-                print(f"{category}: relative σ {relative}, discriminator width {hidden_width}", flush=True)
-                rows = train_curve(model, train, val, args, scale)
-                runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
-                             "rows": rows})
-                (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference},
-                                                                   indent=1))
+        for hidden, relative, gaussian in itertools.product(args.hidden, args.relative_noise, args.location_gaussian):
+            model = build(args, relative_noise_std=relative, discriminator_hidden=hidden,
+                          location_gaussian=bool(gaussian))
+            start = time.perf_counter()
+            if gaussian:
+                model.model.location_gaussian.fit(train.float().split(64))
+            hidden_width = model.model.discriminator[0].out_channels
+            print(f"{category}: relative σ {relative}, discriminator width {hidden_width}, location Gaussian "
+                  f"{bool(gaussian)} (fitted in {time.perf_counter() - start:.1f} s)", flush=True)
+            rows = train_curve(model, train, val, args, scale)
+            runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
+                         "location_gaussian": bool(gaussian), "rows": rows})
+            (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference}, indent=1))
     table = markdown(runs, args.epochs, reference)
     (args.output / "sweep.md").write_text(table + "\n")
     print(table)

@@ -145,7 +145,7 @@ def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resiz
     if name == "simplenet":
         model = SimpleNet(backbone=weights.backbone, layers=layers, image_size=image_size, **weights.simplenet_args,
                           **common, **options)
-        return model, "defaults"
+        return model, ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
     with injected_timm_weights(weights.state, weights.eps) as created:
         if name == "padim":
             n_features = peer_options.get("n_features") or sum(layer_channels(weights.backbone, layers))

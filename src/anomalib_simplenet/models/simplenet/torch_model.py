@@ -27,10 +27,14 @@ from anomalib_simplenet.components.grid_geometry import (
 from .anomaly_map import AnomalyMapGenerator
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD, AnomalyFeatureGenerator
 from .feature_scale import batch_scale
+from .location_gaussian import LocationGaussianEnsemble
 from .patch_features import PatchAggregator
 
 MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
 MAX_DISCRIMINATOR_HIDDEN = 1024  # the official width, for 1536-long features
+# Each location's Gaussian holds a D×D matrix: at 256 px (32×32 locations) D = 152 (EfficientNet-Lite0) takes 95 MB,
+# D = 1056 (Inception-v3) 3.8 GB and D = 1536 (wide_resnet50_2, 36×36 at 288 px) 12 GB, in the model and its export.
+MAX_LOCATION_GAUSSIAN_DIM = 256
 
 
 def default_embed_dim(channels: Sequence[int]) -> int:
@@ -114,6 +118,9 @@ class SimpleNetModel(nn.Module):
         noise_std: absolute σ of the Gaussian feature noise (the official code: 0.015); ``None``: relative.
         relative_noise_std: σ as a fraction of the training features' scale when ``noise_std`` is ``None``.
         anomaly_map_sigma: σ of the Gaussian smoothing of the upsampled score map.
+        location_gaussian: add a per-location Gaussian's distance to the discriminator's score (see
+            :mod:`.location_gaussian`; fitted by SimpleNet's fit); ``False``: the discriminator alone (official);
+            ``None``: on when the feature length ``D`` is at most :data:`MAX_LOCATION_GAUSSIAN_DIM`.
         channels_last: keep the backbone weights in channels-last memory format (faster convolutions on
             CPU (oneDNN) and on GPU tensor cores; the numbers are the same).
         grid_alignment: resample the deeper layers onto the first layer's grid and the score map onto the
@@ -144,6 +151,7 @@ class SimpleNetModel(nn.Module):
         relative_noise_std: float = DEFAULT_RELATIVE_NOISE_STD,
         anomaly_map_sigma: float = 4.0,
         channels_last: bool = True,
+        location_gaussian: bool | None = False,
         grid_alignment: bool = True,
     ) -> None:
         super().__init__()
@@ -165,6 +173,9 @@ class SimpleNetModel(nn.Module):
         self.discriminator = Discriminator(target_embed_dim, discriminator_hidden, discriminator_layers)
         self.noise_generator = AnomalyFeatureGenerator(noise_std, relative_noise_std)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=anomaly_map_sigma)
+        if location_gaussian is None:
+            location_gaussian = target_embed_dim <= MAX_LOCATION_GAUSSIAN_DIM
+        self.location_gaussian = LocationGaussianEnsemble(target_embed_dim) if location_gaussian else None
         self._fused_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] | None = None
 
     def train(self, mode: bool = True) -> SimpleNetModel:
@@ -239,12 +250,15 @@ class SimpleNetModel(nn.Module):
         hidden = F.conv2d(hidden_in, weight, bias)
         noised_hidden = hidden + F.conv2d(noise, first)
         scores = self._post_discriminator(torch.cat([hidden, noised_hidden]))
+        if self.location_gaussian is not None and self.training:
+            self.location_gaussian.track(-scores[: len(features)].detach())
         return scores[: len(features)], scores[len(features) :]
 
     def score_map(self, features: torch.Tensor) -> torch.Tensor:
         """Per-location anomaly scores ``(N, 1, h, w)`` (higher = more anomalous) for patch features."""
         weight, bias, _ = self._fused_linear()
-        return -self._post_discriminator(F.conv2d(self._pre_adapter(features), weight, bias))
+        scores = -self._post_discriminator(F.conv2d(self._pre_adapter(features), weight, bias))
+        return scores if self.location_gaussian is None else self.location_gaussian(features, scores)
 
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled adapted features ``(N, D)``: one vector per image for clustering and analysis."""

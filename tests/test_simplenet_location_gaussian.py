@@ -1,0 +1,123 @@
+"""SimpleNet's per-location Gaussian ensemble: what it fits, that position reaches the score, save/load, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
+from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+from anomalib_simplenet.models.simplenet.location_gaussian import LocationGaussianEnsemble
+from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
+
+SMALL = {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 16, "target_embed_dim": 16,
+         "discriminator_hidden": 8, "location_gaussian": True}
+
+
+def located_features(count: int, seed: int = 0) -> torch.Tensor:
+    """Features ``(count, 4, 3, 3)`` whose mean depends on the location: location ``g`` is centred on ``g``."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.arange(9.0).reshape(1, 1, 3, 3).expand(1, 4, 3, 3)
+    return centres + 0.1 * torch.randn(count, 4, 3, 3, generator=generator)
+
+
+def test_distance_is_each_locations_own_mahalanobis_distance() -> None:
+    train, queries = located_features(200), located_features(5, seed=1)
+    ensemble = LocationGaussianEnsemble(4).fit(train.split(64))
+    flat = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731  (N, G, D)
+    reference = MahalanobisDistance(4, groups=9).fit(flat(train))(flat(queries))  # one fit over all locations
+    torch.testing.assert_close(ensemble.distance(queries).flatten(1), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_position_reaches_the_score() -> None:
+    """A feature that is normal at one location is anomalous at another: swapping two locations raises their score."""
+    train = located_features(200)
+    ensemble = LocationGaussianEnsemble(4).fit([train])
+    query = located_features(1, seed=2)
+    swapped = query.clone()
+    swapped[..., 0, 0], swapped[..., 2, 2] = query[..., 2, 2], query[..., 0, 0]
+    zero = torch.zeros(1, 1, 3, 3)  # the same discriminator score everywhere: only the Gaussian term differs
+    normal, moved = ensemble(query, zero), ensemble(swapped, zero)
+    assert moved[0, 0, 0, 0] > normal.max() + 10 and moved[0, 0, 2, 2] > normal.max() + 10
+    torch.testing.assert_close(moved[0, 0, 1], normal[0, 0, 1])  # untouched locations keep their scores
+
+
+def test_terms_are_standardised_on_normal_training_features() -> None:
+    train = located_features(300)
+    ensemble = LocationGaussianEnsemble(4).fit([train])
+    for _ in range(200):  # running statistics of the discriminator's normal scores converge to their mean / std
+        ensemble.track(3.0 + 2.0 * torch.randn(4096, 1, 1, 1))
+    assert ensemble.score_norm.running_mean.item() == pytest.approx(3.0, abs=0.1)
+    assert ensemble.score_norm.running_var.sqrt().item() == pytest.approx(2.0, rel=0.05)
+    scores = 3.0 + 2.0 * torch.randn(300, 1, 3, 3)
+    combined = ensemble(located_features(300, seed=3), scores)  # new normal images
+    assert combined.mean() == pytest.approx(0.0, abs=0.15)  # both terms ~ zero mean on normal features
+    assert combined.std() == pytest.approx(2**0.5, rel=0.2)  # and unit spread each (nearly independent)
+
+
+def test_errors_name_the_problem() -> None:
+    ensemble = LocationGaussianEnsemble(4)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ensemble.distance(located_features(1))
+    with pytest.raises(ValueError, match="channels"):
+        ensemble.fit([torch.randn(10, 5, 3, 3)])
+    with pytest.raises(ValueError, match="at least 4"):
+        ensemble.fit([located_features(3)])
+    ensemble.fit([located_features(50)])
+    with pytest.raises(ValueError, match="grid"):
+        ensemble.distance(torch.randn(1, 4, 4, 4))
+
+
+def test_model_scores_with_the_ensemble_and_reloads_it() -> None:
+    torch.manual_seed(0)
+    model = SimpleNetModel(**SMALL).train()
+    images = torch.randn(4, 3, 64, 64)
+    features = model.extract_features(images)
+    model.location_gaussian.fit([features])
+    normal, _ = model.discriminate(features)
+    # One step of the running mean from 0 towards the batch's mean anomaly score, with BatchNorm's momentum.
+    torch.testing.assert_close(model.location_gaussian.score_norm.running_mean, 0.1 * -normal.mean().reshape(1))
+    model.eval()
+    plain = -model._post_discriminator(torch.nn.functional.conv2d(features, *model._fused_linear()[:2]))
+    expected = model.location_gaussian(features, plain)
+    torch.testing.assert_close(model.score_map(features), expected)
+
+    reloaded = SimpleNetModel(**SMALL).eval()
+    reloaded.load_state_dict(model.state_dict())
+    torch.testing.assert_close(reloaded.score_map(features), model.score_map(features))
+    assert SimpleNetModel(**{**SMALL, "location_gaussian": False}).location_gaussian is None
+
+
+@pytest.mark.slow
+def test_ensemble_exports_to_openvino() -> None:
+    ov = pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = SimpleNetModel(**SMALL).train()
+    images = torch.randn(4, 3, 64, 64)
+    model.location_gaussian.fit([model.extract_features(images)])
+    model.discriminate(model.extract_features(images))
+    model.eval()
+
+    class MapOnly(torch.nn.Module):  # the inference path, as a traced export sees it
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model(images).anomaly_map
+
+    with torch.no_grad():
+        compiled = ov.compile_model(ov.convert_model(MapOnly(), example_input=images[:1]), "CPU", FP32_CPU_CONFIG)
+    exported = torch.from_numpy(compiled(images[1:2].numpy())[0])
+    torch.testing.assert_close(exported, model(images[1:2]).anomaly_map, rtol=1e-3, atol=1e-3)
+
+
+def test_default_keeps_the_gaussians_only_for_short_features() -> None:
+    """``None`` decides by the feature length: D×D matrices per location are cheap at D = 152, gigabytes at 1056+."""
+    from anomalib_simplenet.models.simplenet.torch_model import MAX_LOCATION_GAUSSIAN_DIM
+
+    short = {**SMALL, "location_gaussian": None, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM}
+    wide = {**short, "pretrain_embed_dim": 384, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM + 1}
+    assert SimpleNetModel(**short).location_gaussian is not None
+    assert SimpleNetModel(**wide).location_gaussian is None
+    assert SimpleNetModel(**{**wide, "location_gaussian": True}).location_gaussian is not None
