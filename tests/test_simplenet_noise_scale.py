@@ -14,8 +14,9 @@ from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGene
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments, scale_from_moments
 from anomalib_simplenet.models.simplenet.noise_scale import LearnsNothingCheck
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET
 
 
 def test_feature_scale_is_rms_of_per_dimension_std_and_sums_over_shards() -> None:
@@ -75,7 +76,7 @@ def test_fit_measures_the_scale_on_training_features_and_saves_it(synthetic_root
     caplog.set_level(logging.INFO, logger="anomalib_simplenet.models.simplenet.lightning_model")
     torch.manual_seed(0)
     model = SimpleNet(**TINY_SIMPLENET)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     accelerator="cpu")  # fmt: skip
     engine.fit(model, datamodule=datamodule)
@@ -141,7 +142,7 @@ def test_tiny_noise_on_real_features_warns_and_names_the_setting(
     torch.manual_seed(0)
     model = SimpleNet(backbone="efficientnet_lite0", pre_trained=True, image_size=128,
                       relative_noise_std=relative_noise_std, visualizer=False)  # fmt: skip
-    datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile", image_batch=8, train_batch=2)
+    datamodule = lab_data.datamodule(magnetic_tile_subset, "magnetic_tile", batch_size=2, eval_batch_size=8)
     engine = Engine(max_epochs=6, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     accelerator="cpu")  # fmt: skip
     engine.fit(model, datamodule=datamodule)
