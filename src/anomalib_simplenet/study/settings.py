@@ -8,7 +8,6 @@ of the reference (``backbone``) and of the distilled students (``teacher_backbon
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ KIND_TITLES = {
     "distill": "DistillClassifier distilled",
     "unet_ae": "UNetAE",
 }
-# The teacher DistillClassifier used before it took a ``teacher_backbone`` argument.
-FIXED_TEACHER = "resnet18"
 
 
 def study_settings(path: Path, kinds: Sequence[str] = KINDS, per_kind: int | None = None) -> list[Setting]:
@@ -50,19 +47,10 @@ def model_class(kind: str) -> type:
     return DistillClassifier
 
 
-def accepts(cls: type, argument: str) -> bool:
-    """Whether ``cls``'s constructor has a parameter ``argument``."""
-    return argument in inspect.signature(cls.__init__).parameters
-
-
 def resolve_init_args(
     setting: Setting, image_size: int, teacher: str, pre_trained: bool, categories: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """The constructor arguments of ``setting`` with the study-wide ones applied (see the module docstring).
-
-    Raises:
-        ValueError: a distilled setting asks for a teacher this DistillClassifier cannot take.
-    """
+    """The constructor arguments of ``setting`` with the study-wide ones applied (see the module docstring)."""
     args = {**setting.init_args, "image_size": image_size}
     if setting.kind == "teacher":
         args.update(backbone=teacher, pre_trained=pre_trained)
@@ -70,18 +58,7 @@ def resolve_init_args(
         args["mode"] = setting.kind
         args["categories"] = list(categories) if categories else None
         if setting.kind == "distill":
-            args["pre_trained"] = pre_trained
-            cls = model_class("distill")
-            if accepts(cls, "teacher_backbone"):
-                args["teacher_backbone"] = teacher
-            else:
-                args.pop("teacher_backbone", None)
-                if teacher != FIXED_TEACHER:
-                    msg = (
-                        f"this DistillClassifier has no 'teacher_backbone' argument: it distils from {FIXED_TEACHER} "
-                        f"only, not from --teacher {teacher}"
-                    )
-                    raise ValueError(msg)
+            args.update(pre_trained=pre_trained, teacher_backbone=teacher)
         else:
             args["pre_trained"] = False
             args.pop("teacher_backbone", None)
