@@ -26,7 +26,7 @@ OVERLAYS = {
     "simplenet_official": ("simplenet", {
         "backbone": "wide_resnet50_2.tv_in1k", "layers": ["layer2", "layer3"], "pretrain_embed_dim": 1536,
         "target_embed_dim": 1536, "discriminator_hidden": 1024, "noise_std": 0.015, "image_size": 288,
-        "grid_alignment": False,
+        "grid_alignment": False, "location_gaussian": False,
         "pre_processor": {"class_path": "anomalib_simplenet.components.pre_processing.CenterCropPreProcessor",
                           "init_args": {"image_size": 288, "resize_shorter_side": 329}},
     }),
