@@ -40,6 +40,7 @@ from anomalib_simplenet.lab.report import fmt, markdown_table
 from anomalib_simplenet.lab.scores import auroc
 from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
+from anomalib_simplenet.models.simplenet.training_step import discriminator_step
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -133,7 +134,8 @@ def references(train: torch.Tensor, val: dict[str, torch.Tensor], bank_size: int
 
 def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tensor], args: argparse.Namespace,
                 scale: torch.Tensor) -> list[dict[str, float]]:
-    """Train adapter and discriminator from cached features; one validation row per epoch."""
+    """Train adapter and discriminator from cached features with SimpleNet's own step; one validation row per
+    epoch."""
     network = model.model.train()
     if network.noise_generator.relative:
         network.noise_generator.set_feature_scale(scale)
@@ -142,12 +144,7 @@ def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tens
     rows, start = [], time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         for indices in torch.randperm(len(train)).split(args.batch):
-            loss = model.loss(*network.discriminate(train[indices].float()))
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            discriminator_step(network, model.loss, train[indices].float(), optimizers)
         rows.append({"epoch": epoch, "train_s": round(time.perf_counter() - start, 1), **validate(model, val, size)})
         print(json.dumps(rows[-1]), flush=True)
     return rows

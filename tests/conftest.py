@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from anomalib_simplenet.data import make_synthetic_mvtec
+from anomalib_simplenet.lab import data as lab_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANOMALIB_SIMPLENET_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -51,42 +52,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def magnetic_tile_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root with a small deterministic subset of the real magnetic_tile set (grayscale, variable sizes)."""
-    source = SHARED_DATA / "magnetic_tile"
-    if not source.is_dir():
-        pytest.skip(f"real data not found at {source}")
-    root = tmp_path_factory.mktemp("magnetic_tile_subset")
-    target = root / "magnetic_tile"
-    take = {"train/good": 24, "test/good": 8, "test/blowhole": 4, "test/crack": 4}
-    for folder, count in take.items():
-        files = sorted((source / folder).glob("*.png"))[:count]
-        (target / folder).mkdir(parents=True)
-        for file in files:
-            shutil.copy(file, target / folder / file.name)
-            defect = folder.split("/")[1]
-            if folder.startswith("test/") and defect != "good":
-                mask = source / "ground_truth" / defect / f"{file.stem}_mask.png"
-                (target / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-                shutil.copy(mask, target / "ground_truth" / defect / mask.name)
-    return root
-
-
-def mvtec_datamodule(  # noqa: ANN201
-    root: Path, category: str, image_batch: int = 8, train_batch: int | None = None, cls: type | None = None, **kwargs,
-):
-    """MVTecAD (or ``cls``) datamodule whose validation images are a split of the test folder, disjoint from test.
-
-    ``train_batch`` defaults to ``image_batch``; ``kwargs`` go to the datamodule.
-    """
-    from anomalib.data import MVTecAD
-
-    return (cls or MVTecAD)(
-        root=root,
-        category=category,
-        train_batch_size=image_batch if train_batch is None else train_batch,
-        eval_batch_size=image_batch,
-        num_workers=0,
-        val_split_mode="from_test",
-        val_split_ratio=0.5,
-        seed=0,
-        **kwargs,
-    )
+    if not (SHARED_DATA / "magnetic_tile").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA / 'magnetic_tile'}")
+    return lab_data.subset(SHARED_DATA, "magnetic_tile", tmp_path_factory.mktemp("magnetic_tile_subset"),
+                           max_train=24, test_good=8, test_defects=4, defects=["blowhole", "crack"])

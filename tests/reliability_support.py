@@ -12,8 +12,8 @@ from anomalib.models import AnomalibModule
 
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
 from anomalib_simplenet.data import make_synthetic_mvtec
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import mvtec_datamodule
 
 SIZE = 32
 TINY: dict[str, dict[str, Any]] = {
@@ -43,7 +43,7 @@ def tiny_data(root: Path, n_train: int = 8, image_size: int = SIZE) -> Path:
 
 def datamodule(root: Path, batch: int = 4, cls: type = MVTecAD, **kwargs: Any) -> MVTecAD:  # noqa: ANN401
     """Datamodule over ``root/synthetic`` with a validation split taken from the test folder."""
-    return mvtec_datamodule(root, "synthetic", image_batch=8, train_batch=batch, cls=cls, **kwargs)
+    return lab_data.datamodule(root, "synthetic", batch_size=batch, eval_batch_size=8, cls=cls, **kwargs)
 
 
 def engine(root_dir: Path, epochs: int = 1, **kwargs: Any) -> Engine:  # noqa: ANN401

@@ -17,8 +17,9 @@ from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.center_crop import ResizeCenterCrop, crop_geometry
 from anomalib_simplenet.components.pre_processing import CenterCropPreProcessor, imagenet_pre_processor
 from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET
 
 SIZES = [(512, 512), (300, 700), (701, 333), (331, 330), (100, 90)]
 
@@ -75,7 +76,7 @@ def test_variable_size_data_gives_fixed_size_batches_and_masks(magnetic_tile_sub
     predictions and masks come out with the crop's size, so pixel metrics compare the same pixels."""
     torch.manual_seed(0)
     model = SimpleNet(**TINY_SIMPLENET, pre_processor=CenterCropPreProcessor(64, 73), visualizer=False)
-    datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile", image_batch=8)
+    datamodule = lab_data.datamodule(magnetic_tile_subset, "magnetic_tile", batch_size=8)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     accelerator="cpu")  # fmt: skip
     engine.fit(model, datamodule=datamodule)
@@ -114,7 +115,7 @@ def test_exported_simplenet_with_the_crop_matches_torch(synthetic_root: Path, tm
     torch.manual_seed(0)
     model = SimpleNet(**TINY_SIMPLENET, noise_std=0.015, pre_processor=CenterCropPreProcessor(64, 73),
                       visualizer=False)  # fmt: skip
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", logger=False,
                     enable_progress_bar=False)  # fmt: skip
     engine.fit(model, datamodule=datamodule)

@@ -16,8 +16,9 @@ from sklearn.metrics import f1_score
 
 from anomalib_simplenet import DistillClassifier, SimpleNet, UNetAE
 from anomalib_simplenet.callbacks import DBSCANPostProcessor
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, anomalib_command, mvtec_datamodule
+from .conftest import TINY_SIMPLENET, anomalib_command
 
 TINY_UNET = {"image_size": 64, "depth": 3, "base_channels": 8, "latent_dim": 16}
 TINY_DISTILL = {"mode": "scratch", "pre_trained": False, "image_size": 64}
@@ -110,7 +111,7 @@ def unet(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory, cli_run
     """UNetAE fitted one epoch with the callback attached (it must stay out of the way during fit)."""
     del cli_run  # requested only to start the CLI run early
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     model = UNetAE(**TINY_UNET)
     _engine(tmp_path_factory.mktemp("unet_fit"), DBSCANPostProcessor()).fit(model, datamodule=datamodule)
     return model, datamodule
@@ -196,7 +197,7 @@ def test_nan_embeddings_are_noise_with_a_message(unet: tuple, tmp_path: Path, mo
 
 def test_simplenet_override_matches_dbscan(synthetic_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     model = SimpleNet(**TINY_SIMPLENET, visualizer=False)
     _engine(tmp_path / "fit").fit(model, datamodule=datamodule)
     callback = DBSCANPostProcessor(mode="override", min_samples=3, plots=False)
@@ -209,7 +210,7 @@ def test_simplenet_override_matches_dbscan(synthetic_root: Path, tmp_path: Path)
 
 def test_distill_classifier_combine_is_or_of_both(synthetic_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     model = DistillClassifier(**TINY_DISTILL, visualizer=False)
     _engine(tmp_path / "fit").fit(model, datamodule=datamodule)
     callback = DBSCANPostProcessor(mode="combine", normal_source="val", min_samples=3, plots=False)

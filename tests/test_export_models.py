@@ -32,8 +32,9 @@ from anomalib_simplenet.lab.export import openvino_variant
 from anomalib_simplenet.components.resize import AntialiasedResize
 from anomalib_simplenet.data import make_synthetic_mvtec
 from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET
 
 # Trains and exports every model.
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def exported(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         if name not in cache:
             torch.manual_seed(0)
             root = tmp_path_factory.mktemp(name)
-            datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+            datamodule = lab_data.datamodule(synthetic_root, "synthetic")
             model = MODELS[name]()
             engine = Engine(max_epochs=1, default_root_dir=root, accelerator="cpu", logger=False,
                             enable_progress_bar=False)  # fmt: skip
@@ -309,7 +310,7 @@ def test_static_size_quantization(exported: Callable[[str], Exported], synthetic
     result = exported("SimpleNet")
     static = result.graph.clone()
     static.reshape(ov.PartialShape([-1, 3, 96, 96]))  # as Engine.export(input_size=(96, 96)): batch stays dynamic
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     with pytest.raises(RuntimeError, match="incompatible|shape"):
         AnomalibModule._post_training_quantization_ov(static.clone(), datamodule)  # anomalib's own
     quantized = SimpleNet._post_training_quantization_ov(static, datamodule)
@@ -326,7 +327,7 @@ def test_accuracy_control_quantization(exported: Callable[[str], Exported], synt
     """anomalib 2.7's INT8_ACQ crashes on our models (its validation function returns a bare tensor where NNCF
     unpacks ``(metric, values)``, squeezes a 1-image batch); the mixin's runs on the validation split."""
     result = exported("DistillClassifier")
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     # 9 validation images in batches of 8: anomalib squeezes the last one-image batch to a scalar score.
     with pytest.raises(RuntimeError, match="same shape"):
         AnomalibModule._accuracy_control_quantization_ov(result.graph.clone(), datamodule, max_drop=1.0)

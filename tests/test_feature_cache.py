@@ -22,8 +22,9 @@ from anomalib_simplenet.models.simplenet.training_data import (
     read_only_uncached_images,
     uncacheable_reason,
 )
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET
 
 LOGGER = "anomalib_simplenet.models.simplenet.feature_cache"
 
@@ -45,7 +46,7 @@ def _fit(root: Path, tmp: Path, feature_cache: bool | str, epochs: int = 3,
     recorder = _StepLosses()
     engine = Engine(max_epochs=epochs, default_root_dir=tmp, accelerator="cpu", logger=False,
                     enable_progress_bar=False, callbacks=[recorder], limit_val_batches=0)
-    engine.fit(model, datamodule=mvtec_datamodule(root, "synthetic"))
+    engine.fit(model, datamodule=lab_data.datamodule(root, "synthetic"))
     return model, recorder.losses
 
 
@@ -183,7 +184,7 @@ def test_bound_refuses_entries_and_whole_set_fallback(caplog: pytest.LogCaptureF
 
 
 def test_fallback_when_augmentations_are_on(synthetic_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     datamodule.train_augmentations = v2.Compose([v2.RandomHorizontalFlip(), v2.Resize((64, 64))])
     datamodule.setup()
     trainer = SimpleNamespace(datamodule=datamodule)
@@ -215,7 +216,7 @@ def test_deterministic_transform_detection() -> None:
 def test_loader_skips_only_the_files_of_cached_images(synthetic_root: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Cached images come as stand-ins with their own path and label; the others are read; undo reads all."""
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic", image_batch=4)
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic", batch_size=4)
     datamodule.setup()
     loader = datamodule.train_dataloader()
     dataset = loader.dataset

@@ -11,8 +11,9 @@ import torch
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, anomalib_command, mvtec_datamodule
+from .conftest import TINY_SIMPLENET, anomalib_command
 
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score")
 
@@ -24,7 +25,7 @@ def _engine(root_dir: Path, epochs: int = 2) -> Engine:
 @pytest.fixture(scope="module")
 def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SimpleNet, Engine, object, float]:
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     model = SimpleNet(**TINY_SIMPLENET)
     engine = _engine(tmp_path_factory.mktemp("simplenet_run"))
     engine.fit(model, datamodule=datamodule)
@@ -95,7 +96,7 @@ def test_anomalib_cli_train(synthetic_root: Path, tmp_path: Path) -> None:
 def test_real_data_magnetic_tile(magnetic_tile_subset: Path, tmp_path: Path) -> None:
     """Grayscale, variable-size real images train and test as they are."""
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile")
+    datamodule = lab_data.datamodule(magnetic_tile_subset, "magnetic_tile")
     model = SimpleNet(**{**TINY_SIMPLENET, "image_size": 96})
     engine = _engine(tmp_path, epochs=2)
     engine.fit(model, datamodule=datamodule)

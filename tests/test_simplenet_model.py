@@ -15,8 +15,9 @@ from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGene
 from anomalib_simplenet.models.simplenet.loss import TruncatedL1Loss
 from anomalib_simplenet.models.simplenet.patch_features import PatchAggregator
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET, mvtec_datamodule
+from .conftest import TINY_SIMPLENET
 
 SMALL = {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 64, "target_embed_dim": 64,
          "discriminator_hidden": 32}
@@ -184,7 +185,7 @@ def test_val_loss_drives_early_stopping(synthetic_root: Path, tmp_path: Path) ->
     stopper = EarlyStopping(monitor="val_loss", mode="min", patience=1, min_delta=100.0)
     engine = Engine(max_epochs=10, default_root_dir=tmp_path, accelerator="cpu", logger=False,
                     enable_progress_bar=False, callbacks=[stopper])
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     engine.fit(model, datamodule=datamodule)
     assert engine.trainer.current_epoch == 2
     assert stopper.stopped_epoch == 1

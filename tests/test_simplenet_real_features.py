@@ -13,8 +13,8 @@ import torch
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import mvtec_datamodule
 
 PIXEL_BOUND_SYNTHETIC = 0.90  # measured 0.937
 PIXEL_BOUND_MAGNETIC_TILE = 0.65  # measured 0.873 (default: with the location Gaussian), 0.729 without (chance: 0.5)
@@ -29,7 +29,7 @@ def _fit_and_test(
                       **settings)
     assert "ImageNet" in model.model.feature_extractor.weights_source
     # Batches of 2: SimpleNet's official learning rates need some tens of steps, and these sets are small.
-    datamodule = mvtec_datamodule(root, category, image_batch=8, train_batch=2)
+    datamodule = lab_data.datamodule(root, category, batch_size=2, eval_batch_size=8)
     engine = Engine(max_epochs=epochs, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                     accelerator="cpu")  # fmt: skip
     engine.fit(model, datamodule=datamodule)

@@ -16,7 +16,8 @@ from anomalib_simplenet.study import cli
 from anomalib_simplenet.lab.fit import overfitting_note
 from anomalib_simplenet.lab.report import fmt
 from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
-from anomalib_simplenet.study.settings import Setting, load_settings, model_class, resolve_init_args
+from anomalib_simplenet.lab.settings import Setting
+from anomalib_simplenet.study.settings import model_class, resolve_init_args, study_settings
 from anomalib_simplenet.study.teacher_reference import TeacherMahalanobisModel
 
 from .conftest import REPO_ROOT
@@ -41,7 +42,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     empty_root = tmp_path_factory.mktemp("no_data")  # categories missing here are generated
     status = cli.main([
         "--out", str(out), "--categories", "synth_a", "synth_b", "--data-root", str(empty_root),
-        "--settings", str(REPO_ROOT / "configs" / "study"), "--teacher", "resnet18", "--random-teacher",
+        "--settings", str(REPO_ROOT / "configs" / "study.yaml"), "--teacher", "resnet18", "--random-teacher",
         "--image-size", "64", "--max-train", "12", "--max-test", "18", "--max-epochs", "1",
         "--settings-per-model", "2", "--batch-size", "8", "--quantize-top", "1", "--throughput-seconds", "0.1",
         "--dbscan-min-samples", "3", "--threads", "1",
@@ -179,8 +180,8 @@ def test_overfitting_note_reads_the_curves() -> None:
     assert "converged" in overfitting_note(flat, 2)
 
 
-def test_settings_pass_the_teacher_and_refuse_what_the_student_cannot_take(tmp_path: Path) -> None:
-    settings = load_settings(REPO_ROOT / "configs" / "study")
+def test_settings_read_the_overlays_and_pass_the_teacher(tmp_path: Path) -> None:
+    settings = study_settings(REPO_ROOT / "configs" / "study.yaml")
     kinds = [s.kind for s in settings]
     assert all(kinds.count(k) >= 3 for k in ("teacher", "scratch", "distill", "unet_ae"))
     for setting in settings:  # every setting builds its model (random weights: construction only)
@@ -189,18 +190,18 @@ def test_settings_pass_the_teacher_and_refuse_what_the_student_cannot_take(tmp_p
     teacher = next(s for s in settings if s.kind == "teacher")
     args = resolve_init_args(teacher, 96, "efficientnet_lite0", pre_trained=True)
     assert args["backbone"] == "efficientnet_lite0" and args["image_size"] == 96 and args["pre_trained"]
-    distill = Setting("distill", "x", {"teacher_backbone": "efficientnet_lite0"})
-    from anomalib_simplenet import DistillClassifier
-
-    if "teacher_backbone" in DistillClassifier.__init__.__code__.co_varnames:
-        assert resolve_init_args(distill, 64, "efficientnet_lite1", True)["teacher_backbone"] == "efficientnet_lite1"
-    else:
-        with pytest.raises(ValueError, match="no 'teacher_backbone' argument"):
-            resolve_init_args(distill, 64, "efficientnet_lite0", True)
-        assert "teacher_backbone" not in resolve_init_args(distill, 64, "resnet18", False)
-    (tmp_path / "bad.yaml").write_text("kind: nonsense\nname: x\n")
+    distill = Setting("x", kind="distill", arguments={"teacher_backbone": "efficientnet_lite0"})
+    assert resolve_init_args(distill, 64, "efficientnet_lite1", True)["teacher_backbone"] == "efficientnet_lite1"
+    scratch = Setting("x", kind="scratch", arguments={"teacher_backbone": "efficientnet_lite0"})
+    assert "teacher_backbone" not in resolve_init_args(scratch, 64, "efficientnet_lite1", True)
+    lr = next(s for s in settings if s.label == "distill/lr3e-4")  # the CLI overlay's value, then the shared ones
+    assert lr.init_args == {"learning_rate": 0.0003, "image_score": "map_max"}
+    (tmp_path / "bad.yaml").write_text("nonsense: {settings: {x: {}}}\n")
     with pytest.raises(ValueError, match="bad.yaml"):
-        load_settings(tmp_path)
+        study_settings(tmp_path / "bad.yaml")
+    (tmp_path / "missing.yaml").write_text("teacher: {settings: {x: no_such_overlay.yaml}}\n")
+    with pytest.raises(FileNotFoundError, match="no_such_overlay"):
+        study_settings(tmp_path / "missing.yaml", ["teacher"])
 
 
 def test_outcome_says_not_measured_when_a_model_is_missing() -> None:

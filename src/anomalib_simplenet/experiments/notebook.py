@@ -148,10 +148,11 @@ def fit_study_model(
     Raises:
         RuntimeError: the fit failed (the study itself records the failure and goes on).
     """
-    from anomalib_simplenet.study.settings import Setting, resolve_init_args
+    from anomalib_simplenet.lab.settings import Setting
+    from anomalib_simplenet.study.settings import resolve_init_args
     from anomalib_simplenet.study.training import fit_setting, weights_line
 
-    setting = Setting(kind, "notebook", dict(init_args))
+    setting = Setting("notebook", kind=kind, arguments=dict(init_args))
     arguments = resolve_init_args(setting, image_size, teacher, pre_trained)
     result = fit_setting(setting, arguments, "notebook", datamodule, Path(out), epochs, patience, seed)
     if result.status != "ok" or result.model is None:

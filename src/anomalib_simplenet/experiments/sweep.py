@@ -25,7 +25,6 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from anomalib_simplenet.lab.figures import loss_figure, metric_figure
 from anomalib_simplenet.lab.fit import FitResult, LossHistory, guarded
 from anomalib_simplenet.lab.report import markdown_table, write_table_files
 from anomalib_simplenet.lab.scores import raw_metrics
+from anomalib_simplenet.lab.settings import Setting, make_settings
 
 # Test metrics shown first when present (``_raw``: on the model's own scores, before anomalib's normalisation; the
 # others are anomalib's Engine.test figures on normalised scores); any other follows in alphabetical order.
@@ -44,37 +44,6 @@ PREFERRED_METRICS = ("image_AUROC_raw", "image_AUROC", "pixel_AUROC_raw", "pixel
                      "pixel_F1Score")
 
 _HISTORY_CLASS = f"{LossHistory.__module__}.{LossHistory.__qualname__}"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One hyper-parameter setting: a name and the config files that define it (later files win)."""
-
-    name: str
-    configs: tuple[Path, ...]
-
-
-def setting_name(base: Path, variant: Path) -> str:
-    """``unet_ae_latent64`` over base ``unet_ae`` → ``latent64`` (the variant's stem without the base prefix)."""
-    return variant.stem.removeprefix(f"{base.stem}_")
-
-
-def make_settings(configs: Sequence[Path], variants: Sequence[Path]) -> list[Setting]:
-    """One setting per variant overlaid on ``configs`` (just ``base`` when there are no variants)."""
-    for flag, paths in (("--config", configs), ("--variants", variants)):
-        missing = [str(p) for p in paths if not Path(p).is_file()]
-        if missing:
-            msg = f"{flag}: no such file: {', '.join(missing)}"
-            raise FileNotFoundError(msg)
-    if not variants:
-        return [Setting("base", tuple(configs))]
-    settings = [Setting(setting_name(configs[0], v), (*configs, v)) for v in variants]
-    names = [s.name for s in settings]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        msg = f"--variants: two files give the same setting name {duplicates}; rename one of them"
-        raise ValueError(msg)
-    return settings
 
 
 def next_version_dir(root: Path) -> Path:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from anomalib.data import MVTecAD
 from anomalib.data.datasets import MVTecADDataset
 from anomalib.data.utils import Split, read_image, read_mask
 
@@ -65,16 +67,19 @@ def datamodule(
     val_split_ratio: float = 0.5,
     eval_batch_size: int | None = None,
     num_workers: int = 0,
-) -> LocalMVTecAD:
+    cls: type[MVTecAD] = LocalMVTecAD,
+    **kwargs: Any,  # noqa: ANN401
+) -> MVTecAD:
     """One category; validation = a seeded ``val_split_ratio`` of the test folder, disjoint from the test split.
 
     With ``image_size`` the dataset resizes with the models' own filter, so images of any size batch, also when
-    no trainer links the datamodule to a model (e.g. calibration after loading a checkpoint).
+    no trainer links the datamodule to a model (e.g. calibration after loading a checkpoint). ``cls``: another
+    MVTecAD datamodule class taking the same arguments; ``kwargs`` go to it.
     """
-    return LocalMVTecAD(
+    return cls(
         root=root, category=category, train_batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size,
         num_workers=num_workers, augmentations=AntialiasedResize(image_size) if image_size else None,
-        val_split_mode="from_test", val_split_ratio=val_split_ratio, seed=seed,
+        val_split_mode="from_test", val_split_ratio=val_split_ratio, seed=seed, **kwargs,
     )
 
 

@@ -98,12 +98,6 @@ class LossHistory(Callback):
         return path
 
 
-def read_history_csv(path: str | Path) -> list[dict[str, float]]:
-    """Rows written by :meth:`LossHistory.save_csv`."""
-    with Path(path).open(newline="") as file:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
-
-
 class EpochTimer(Callback):
     """Per training epoch: seconds without validation, the peak memory of a training step (absolute, and above the
     step's start; max over the epoch), RSS at the epoch's end; and every training step's loss (``losses``)."""

@@ -2,9 +2,10 @@
 teacher's own features, far more cheaply, and better than the same student trained from scratch?
 
 ``python -m anomalib_simplenet.study --help``. A layer on :mod:`anomalib_simplenet.lab` (data, fit, scores,
-deployment variants, tables). Modules: ``settings`` (the YAML settings in ``configs/study/``), ``teacher_reference``
-(the frozen teacher as a Mahalanobis detector), ``training`` (one setting's fit), ``cost`` (latency, size,
-quantization), ``clusters`` (DBSCAN via :mod:`..callbacks`), ``figures``, ``report`` and ``run`` (the orchestration).
+deployment variants, tables). Modules: ``settings`` (model kinds and the arguments of the settings named in
+``configs/study.yaml``), ``teacher_reference`` (the frozen teacher as a Mahalanobis detector), ``training`` (one
+setting's fit), ``cost`` (latency, size, quantization), ``clusters`` (DBSCAN via :mod:`..callbacks`), ``figures``,
+``report`` and ``run`` (the orchestration).
 """
 
 from .run import StudyConfig, run_study

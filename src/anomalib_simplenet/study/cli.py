@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder (everything is written here)")
     p.add_argument("--categories", nargs="+", default=["magnetic_tile"], help="first = the main category")
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"), help="folder of MVTec-layout categories")
-    p.add_argument("--settings", type=Path, default=Path("configs/study"), help="folder of setting YAML files")
+    p.add_argument("--settings", type=Path, default=Path("configs/study.yaml"), help="the settings file")
     p.add_argument("--models", nargs="+", default=list(KINDS), choices=KINDS, help="model kinds to run")
     p.add_argument("--settings-per-model", type=int, help="use only the first N settings of each model")
     p.add_argument("--teacher", default="efficientnet_lite0",
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = StudyConfig(
         output=args.out, categories=args.categories,
-        data_root=args.data_root if args.data_root.is_dir() else None, settings_dir=args.settings,
+        data_root=args.data_root if args.data_root.is_dir() else None, settings_file=args.settings,
         kinds=args.models, per_kind=args.settings_per_model, teacher=args.teacher, random_teacher=args.random_teacher,
         image_size=args.image_size, max_train=args.max_train, max_test=args.max_test, max_epochs=args.max_epochs,
         patience=args.patience, batch_size=args.batch_size, percentile=args.percentile,

@@ -20,12 +20,13 @@ from anomalib_simplenet.lab.data import prepare_categories, union_datamodule
 from anomalib_simplenet.lab.figures import plot_report
 from anomalib_simplenet.lab.fit import FitResult, overfitting_note
 from anomalib_simplenet.lab.scores import evaluate, predict, roc_points
+from anomalib_simplenet.lab.settings import Setting
 
 from . import figures
 from .clusters import run_dbscan
 from .cost import measure_model
 from .report import hypothesis_checks, write_report
-from .settings import KINDS, Setting, load_settings, resolve_init_args
+from .settings import KINDS, resolve_init_args, study_settings
 from .training import fit_setting, weights_line
 
 ALL = "all"  # scope of the models trained on all categories at once
@@ -38,7 +39,7 @@ class StudyConfig:
     output: Path
     categories: Sequence[str] = ("magnetic_tile",)
     data_root: Path | None = None
-    settings_dir: Path = Path("configs/study")
+    settings_file: Path = Path("configs/study.yaml")
     kinds: Sequence[str] = KINDS
     per_kind: int | None = None
     teacher: str = "efficientnet_lite0"
@@ -152,7 +153,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     _step(f"data: {', '.join(config.categories)}")
     root, data_notes = prepare_categories(config.data_root, config.categories, out / "data", config.max_train,
                                           config.max_test)
-    settings = load_settings(Path(config.settings_dir), config.kinds, config.per_kind)
+    settings = study_settings(Path(config.settings_file), config.kinds, config.per_kind)
     size = (config.image_size, config.image_size)
     datamodules = {c: category_datamodule(root, c, size, config.batch_size, config.seed) for c in config.categories}
     for datamodule in datamodules.values():

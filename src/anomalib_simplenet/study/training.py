@@ -13,9 +13,10 @@ from lightning.pytorch import seed_everything
 from anomalib_simplenet.components.backbone import weights_source
 from anomalib_simplenet.lab.figures import loss_figure
 from anomalib_simplenet.lab.fit import FitResult, fit, guarded
+from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.models.unet_ae import ReconstructionSaver
 
-from .settings import Setting, model_class
+from .settings import model_class
 
 
 def fit_setting(

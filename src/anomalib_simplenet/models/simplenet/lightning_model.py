@@ -28,6 +28,7 @@ from .fit_caches import FitFeatureCaches
 from .loss import TruncatedL1Loss
 from .noise_scale import LearnsNothingCheck, measure_feature_scale
 from .torch_model import SimpleNetModel
+from .training_step import discriminator_step
 
 logger = logging.getLogger(__name__)
 VAL_NOISE_SEED = 20230617  # any fixed value: val_loss must see the same noise every epoch
@@ -195,17 +196,10 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         """One step on normal images: adapted vs noised features through the discriminator."""
         del args, kwargs
         features = self.feature_caches.training(batch.image, batch.image_path)
-        normal_scores, noised_scores = self.model.discriminate(features)
-        loss = self.loss(normal_scores, noised_scores)
-        check_finite_terms(
-            {"truncated_l1": loss, "normal_scores": normal_scores, "noised_scores": noised_scores}, model=self
+        loss, normal_scores, noised_scores = discriminator_step(
+            self.model, self.loss, features, self.optimizers(), self.manual_backward,
+            lambda terms: check_finite_terms(terms, model=self),
         )
-        optimizers = self.optimizers()
-        for optimizer in optimizers:
-            optimizer.zero_grad()
-        self.manual_backward(loss)
-        for optimizer in optimizers:
-            optimizer.step()
         margin, size = self.loss.margin, len(batch.image)
         # Fractions of locations already past the margin: the official code's p_true / p_fake.
         p_normal = (normal_scores >= margin).float().mean()
