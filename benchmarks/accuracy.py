@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--no-location-gaussian", action="store_true",
                         help="SimpleNet scores with its discriminator alone (the official scoring)")
+    parser.add_argument("--no-grid-alignment", action="store_true",
+                        help="SimpleNet upsamples with plain interpolation (the official maps, off the cells' positions)")
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only write the table of the accuracy.json files in these output folders")
     return parser.parse_args(argv)
@@ -97,8 +99,11 @@ def write(results: dict[str, dict[str, Any]], header: str, output: Path, setting
 
 
 def model_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Arguments for model ``name`` beyond the shared ones (SimpleNet's official scoring on request)."""
-    return {"location_gaussian": False} if name == "simplenet" and args.no_location_gaussian else {}
+    """Arguments for model ``name`` beyond the shared ones (SimpleNet's official scoring and maps on request)."""
+    if name != "simplenet":
+        return {}
+    official = {"location_gaussian": args.no_location_gaussian, "grid_alignment": args.no_grid_alignment}
+    return {key: False for key, requested in official.items() if requested}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -53,16 +53,16 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _local_only() -> None:
     """Make every consumer's ``gather_by_key`` see this rank's rows only (the bug the equivalence test catches)."""
-    from anomalib_simplenet.callbacks import dbscan
+    from anomalib_simplenet.callbacks import dbscan_rows
     from anomalib_simplenet.components import distributed
-    from anomalib_simplenet.models.distill_classifier import lightning_model as distill
+    from anomalib_simplenet.models.distill_classifier import fitting as distill
     from anomalib_simplenet.models.unet_ae import lightning_model as unet
 
     def gather_local(keys, *tensors):  # noqa: ANN001, ANN202
         with mock.patch.object(distributed, "is_distributed", lambda: False):
             return distributed.gather_by_key(keys, *tensors)
 
-    for module in (dbscan, distill, unet):
+    for module in (dbscan_rows, distill, unet):
         module.gather_by_key = gather_local
 
 

@@ -24,6 +24,7 @@ stored as ``(L, 2, 2)`` tensors ``[layer, (offset, stride), (y, x)]``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -216,8 +217,10 @@ def register_geometry(module: nn.Module, geometry: torch.Tensor, name: str = "gr
     such a checkpoint would have carried.
     """
     module.register_buffer(name, geometry)
+    # A partial of a module-level function, not a closure: whole-model exports pickle the module with its hooks.
+    module.register_load_state_dict_pre_hook(partial(_keep_missing_buffer, name))
 
-    def fill_missing(_module: nn.Module, state_dict: dict, prefix: str, *_args: object) -> None:
-        state_dict.setdefault(prefix + name, getattr(module, name))
 
-    module.register_load_state_dict_pre_hook(fill_missing)
+def _keep_missing_buffer(name: str, module: nn.Module, state_dict: dict, prefix: str, *_args: object) -> None:
+    """Load-state-dict pre-hook: a state dict without buffer ``name`` keeps the module's current value."""
+    state_dict.setdefault(prefix + name, getattr(module, name))
