@@ -230,6 +230,11 @@ def _forward_both_modes(model: LightningModule, images: torch.Tensor) -> object:
         model.model.fit(StudentFeatures(*features), index, keep, 99.0)
     else:
         model.model(images)
+        gaussian = getattr(model.model, "location_gaussian", None)
+        if gaussian is not None:  # SimpleNet fits its per-location Gaussians at the start of fit
+            with torch.no_grad():
+                flips = [images, images.flip(-1), images.flip(-2), images.flip(-1, -2)]  # it needs 4 images
+                gaussian.fit([model.model.extract_features(torch.cat(flips))])
     model.model.eval()
     with torch.no_grad():
         return model.model(images)
