@@ -15,7 +15,7 @@ from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
 from PIL import Image
 
-from anomalib_simplenet.lab.data import make_synthetic_mvtec, subset
+from anomalib_simplenet.lab.data import images_by_label, make_synthetic_mvtec, subset
 from anomalib_simplenet.lab.scores import evaluate, predict
 
 DATASETS = ("synthetic", "magnetic_tile")
@@ -77,16 +77,7 @@ def pick_images(
     ``transform`` (e.g. a model's ``pre_processor.transform``) is applied per batch first; without it, images of
     different batches must have the same size.
     """
-    anomalous: list[torch.Tensor] = []
-    normal: list[torch.Tensor] = []
-    for batch in batches:
-        images = transform(batch.image) if transform is not None else batch.image
-        for image, label in zip(images, batch.gt_label, strict=True):
-            chosen = anomalous if label else normal
-            if len(chosen) < (n_anomalous if label else n_normal):
-                chosen.append(image)
-        if len(anomalous) == n_anomalous and len(normal) == n_normal:
-            break
+    normal, anomalous = images_by_label(batches, n_normal, n_anomalous, transform)
     return torch.stack(anomalous + normal)
 
 
