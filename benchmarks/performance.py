@@ -26,7 +26,7 @@ import torch
 
 from anomalib_simplenet.lab.data import datamodule, subset
 from anomalib_simplenet.lab.fit import fit
-from anomalib_simplenet.lab.latency import measure_inference
+from anomalib_simplenet.lab.latency import measure_inference, module_runner
 from anomalib_simplenet.lab.peers import PEERS, TITLES, build, shared_weights
 from anomalib_simplenet.lab.report import fmt, markdown_table, metric_cells, metric_header
 from anomalib_simplenet.lab.scores import pipeline_metrics, raw_metrics
@@ -87,18 +87,6 @@ def train_summary(epochs: list[dict[str, float]], first_is_fill: bool = False) -
             "step_peak_mb": max((e["step_peak_mb"] for e in epochs), default=0.0),
             "step_extra_mb": max((e["step_extra_mb"] for e in epochs), default=0.0),
             "rss_end_mb": [e["rss_end_mb"] for e in epochs]}
-
-
-def torch_pipeline(module: torch.nn.Module, device: str) -> Any:
-    """Images → the module's outputs by name (no autograd)."""
-    module.eval().to(device)
-
-    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
-            out = module(images.to(device))
-        return {k: v.cpu() for k, v in out._asdict().items() if v is not None} if hasattr(out, "_asdict") else out
-
-    return run
 
 
 def openvino_rows(model: Any, data: Any, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -174,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_curve_max_abs_diff": max((abs(a - b) for a, b in pairs), default=float("nan")),
         "cache_images_computed": ours_model.training_features.computed_images,
         "cache_images_served": ours_model.training_features.served_images,
-        "runner": torch_pipeline(ours_model, args.device),
+        "runner": module_runner(ours_model, args.device),
     }
     rows[OURS]["same_loop_AUROC"] = pipeline_metrics(rows[OURS]["runner"], data.test_dataloader())
     if not args.no_openvino:
@@ -191,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows[TITLES[peer]] = {"kind": "peer", "error": f"{type(error).__name__}: {error}"}
             continue
         rows[TITLES[peer]] = {"kind": "peer", **row, "train": train_summary(result.epochs), "epochs_trained": epochs,
-                              "runner": torch_pipeline(model, args.device)}
+                              "runner": module_runner(model, args.device)}
     deepest = weights.layers[-1]
     for channels_last in (False, True):
         backbone = freeze(create_feature_extractor(args.backbone, [deepest], weights.simplenet_args.get(
@@ -199,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
         label = f"bare backbone to {deepest} ({'channels_last' if channels_last else 'NCHW'})"
-        rows[label] = {"kind": "limit", "runner": torch_pipeline(backbone, args.device)}
+        rows[label] = {"kind": "limit", "runner": module_runner(backbone, args.device)}
 
     # Real test images (resized by the model pipelines; the bare backbones get them normalised as SimpleNet does).
     images = torch.cat([batch.image for batch in data.test_dataloader()])
