@@ -22,14 +22,11 @@ import torch
 from tqdm import tqdm
 
 from anomalib_simplenet.components.resize import antialiased_resize
-from anomalib_simplenet.deploy.precision import PRECISION_CHOICES, precision_config
+from anomalib_simplenet.deploy.precision import precision_config
 from anomalib_simplenet.deploy.quantization import prediction_from_outputs
 
 from .scores import auroc, f1_score
 
-__all__ = [
-    "PRECISION_CHOICES", "Measurement", "PeakMemory", "load_runner", "measure", "measure_inference", "module_runner",
-]
 _STATUS = Path("/proc/self/status")
 
 
