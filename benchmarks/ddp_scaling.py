@@ -58,37 +58,33 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One fit + test of ``args.worker`` on ``args.devices`` CPU processes; each rank writes its figures."""
+    """One fit + test of ``args.worker`` on ``args.devices`` CPU processes (:func:`~anomalib_simplenet.lab.fit.fit`);
+    each rank writes its figures."""
     import torch
 
     torch.set_num_threads(args.threads)
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     import anomalib_simplenet
     from anomalib_simplenet.lab.data import datamodule as make_datamodule
-    from anomalib_simplenet.lab.fit import EpochTimer
+    from anomalib_simplenet.lab.fit import fit
     from anomalib_simplenet.lab.scores import raw_metrics
 
     seed_everything(args.seed)
     model = getattr(anomalib_simplenet, args.worker)(**MODELS[args.worker], image_size=args.image_size)
     datamodule = make_datamodule(args.root, args.category, batch_size=args.batch // args.devices, eval_batch_size=16)
-    timer = EpochTimer()
     run = args.out / f"{args.worker}_{args.devices}_seed{args.seed}"
-    engine = Engine(max_epochs=args.epochs, default_root_dir=run, accelerator="cpu", devices=args.devices,
-                    strategy="ddp" if args.devices > 1 else "auto", logger=False, enable_progress_bar=False,
-                    callbacks=[timer])
-    start = time.perf_counter()
-    engine.fit(model, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
-    metrics = engine.test(model, datamodule=datamodule)[0]
-    rank = engine.trainer.global_rank
+    result = fit(args.worker, model, datamodule, run, args.epochs, test=True, devices=args.devices,
+                 strategy="ddp" if args.devices > 1 else "auto")
+    if result.status != "ok":
+        raise RuntimeError(result.error)
+    rank = model.trainer.global_rank
     weights = getattr(model.model, "feature_extractor", None)
     record = {
         "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank,
-        "epoch_seconds": [epoch["seconds"] for epoch in timer.epochs],
-        "fit_seconds": fit_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": {k: float(v) for k, v in metrics.items()}, "raw": raw_metrics(model, datamodule.test_dataloader()),
+        "epoch_seconds": [epoch["seconds"] for epoch in result.epochs],
+        "fit_seconds": result.fit_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "metrics": result.metrics, "raw": raw_metrics(model, datamodule.test_dataloader()),
         "weights": getattr(weights, "weights_source", "random initialisation"),
     }
     (run / f"rank{rank}.json").write_text(json.dumps(record))

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from anomalib_simplenet.lab.data import datamodule, subset
+from anomalib_simplenet.lab.export import OPENVINO_FP32, OPENVINO_INT8_PTQ, export_variants
 from anomalib_simplenet.lab.fit import fit
-from anomalib_simplenet.lab.latency import measure_inference
+from anomalib_simplenet.lab.latency import OpenVINORunner, measure_inference, module_runner
 from anomalib_simplenet.lab.peers import PEERS, TITLES, build, shared_weights
 from anomalib_simplenet.lab.report import fmt, markdown_table, metric_cells, metric_header
 from anomalib_simplenet.lab.scores import pipeline_metrics, raw_metrics
@@ -89,47 +90,22 @@ def train_summary(epochs: list[dict[str, float]], first_is_fill: bool = False) -
             "rss_end_mb": [e["rss_end_mb"] for e in epochs]}
 
 
-def torch_pipeline(module: torch.nn.Module, device: str) -> Any:
-    """Images → the module's outputs by name (no autograd)."""
-    module.eval().to(device)
-
-    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
-            out = module(images.to(device))
-        return {k: v.cpu() for k, v in out._asdict().items() if v is not None} if hasattr(out, "_asdict") else out
-
-    return run
-
-
 def openvino_rows(model: Any, data: Any, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """OpenVINO FP32 (``to_openvino``) and INT8 (the plugin's post-training quantisation of that IR on the
-    validation images): a runner, export seconds and pipeline AUROC each; errors are rows, not raised."""
-    import openvino as ov
-
-    from anomalib_simplenet.deploy import post_training_quantize
-    from anomalib_simplenet.lab.latency import OpenVINORunner
-
+    """OpenVINO FP32 and INT8 (the plugin's post-training quantisation on the validation images), exported by
+    :func:`~anomalib_simplenet.lab.export.export_variants`: a runner, export seconds and pipeline AUROC each;
+    errors are rows, not raised."""
     rows: dict[str, dict[str, Any]] = {}
-    fp32: Path | None = None
-    for precision in ("fp32", "int8"):
-        name = f"SimpleNet (ours) OpenVINO {precision.upper()}"
-        start = time.perf_counter()
+    for result in export_variants(model, [OPENVINO_FP32, OPENVINO_INT8_PTQ], args.output / "export", data):
+        name = f"SimpleNet (ours) OpenVINO {'FP32' if result.variant == OPENVINO_FP32 else 'INT8'}"
         try:
-            if precision == "fp32":
-                xml = fp32 = Path(model.to_openvino(args.output / "export", model_file_name="simplenet_fp32"))
-            elif fp32 is None:
-                raise RuntimeError("no FP32 IR to quantise")  # noqa: TRY301 (recorded as this row's error)
-            else:
-                xml = fp32.with_name("simplenet_int8.xml")
-                ov.save_model(post_training_quantize(ov.Core().read_model(str(fp32)), data), xml,
-                              compress_to_fp16=False)
-            runner = OpenVINORunner(xml, args.threads, "f32")
+            if result.error is not None:
+                raise RuntimeError(result.error)  # noqa: TRY301 (recorded as this row's error)
+            runner = OpenVINORunner(result.path, args.threads, "f32")
         except Exception as error:  # noqa: BLE001 (report and continue)
             rows[name] = {"kind": "ours", "error": f"{type(error).__name__}: {error}"}
             continue
         auroc = pipeline_metrics(runner, data.test_dataloader())
-        rows[name] = {"kind": "ours", "export_s": time.perf_counter() - start, "same_loop_AUROC": auroc, **auroc,
-                      "runner": runner}
+        rows[name] = {"kind": "ours", "export_s": result.seconds, "same_loop_AUROC": auroc, **auroc, "runner": runner}
     return rows
 
 
@@ -174,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_curve_max_abs_diff": max((abs(a - b) for a, b in pairs), default=float("nan")),
         "cache_images_computed": ours_model.training_features.computed_images,
         "cache_images_served": ours_model.training_features.served_images,
-        "runner": torch_pipeline(ours_model, args.device),
+        "runner": module_runner(ours_model, args.device),
     }
     rows[OURS]["same_loop_AUROC"] = pipeline_metrics(rows[OURS]["runner"], data.test_dataloader())
     if not args.no_openvino:
@@ -191,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows[TITLES[peer]] = {"kind": "peer", "error": f"{type(error).__name__}: {error}"}
             continue
         rows[TITLES[peer]] = {"kind": "peer", **row, "train": train_summary(result.epochs), "epochs_trained": epochs,
-                              "runner": torch_pipeline(model, args.device)}
+                              "runner": module_runner(model, args.device)}
     deepest = weights.layers[-1]
     for channels_last in (False, True):
         backbone = freeze(create_feature_extractor(args.backbone, [deepest], weights.simplenet_args.get(
@@ -199,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if channels_last:
             backbone.to(memory_format=torch.channels_last)
         label = f"bare backbone to {deepest} ({'channels_last' if channels_last else 'NCHW'})"
-        rows[label] = {"kind": "limit", "runner": torch_pipeline(backbone, args.device)}
+        rows[label] = {"kind": "limit", "runner": module_runner(backbone, args.device)}
 
     # Real test images (resized by the model pipelines; the bare backbones get them normalised as SimpleNet does).
     images = torch.cat([batch.image for batch in data.test_dataloader()])

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from anomalib_simplenet.lab.data import subset
+from anomalib_simplenet.lab.data import images_by_label, subset
 from anomalib_simplenet.lab.isolated import run_isolated
 from anomalib_simplenet.lab.report import markdown_table, metric_cells, metric_header
 from anomalib_simplenet.lab.scores import Predictions, aupro, auroc, metrics
@@ -73,3 +74,14 @@ def test_map_offset_is_reported_in_input_pixels() -> None:
     values = metrics(Predictions(np.zeros(3), np.array([1, 1, 0]), maps, masks, map_scale=(2.0, 2.0)))
     assert values["map_offset_x"] == pytest.approx(6.0) and values["map_offset_y"] == pytest.approx(2.0)
     assert "map_offset_x" not in metrics(Predictions(np.zeros(3), np.array([1, 1, 0]), maps, None))
+
+
+def test_images_by_label_takes_the_first_of_each_label_across_batches() -> None:
+    """Normal and anomalous images are collected apart, in order, over batches, up to each count."""
+    from types import SimpleNamespace
+
+    batches = [SimpleNamespace(image=torch.arange(3.0)[:, None, None, None] + 10 * b, gt_label=torch.tensor(labels))
+               for b, labels in enumerate([[1, 0, 0], [0, 1, 1]])]
+    normal, anomalous = images_by_label(batches, 2, 2, transform=lambda images: images * 2)
+    assert [float(i) for i in normal] == [2.0, 4.0]  # batch 0's normals, doubled by the transform
+    assert [float(i) for i in anomalous] == [0.0, 22.0]  # batch 0's first image, then batch 1's second

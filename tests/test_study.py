@@ -18,7 +18,7 @@ from anomalib_simplenet.lab.report import fmt
 from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.study.settings import model_class, resolve_init_args, study_settings
-from anomalib_simplenet.study.teacher_reference import TeacherMahalanobisModel
+from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 
 from .conftest import REPO_ROOT
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from anomalib_simplenet.lab.latency import PRECISION_CHOICES
+from anomalib_simplenet.deploy.precision import PRECISION_CHOICES
 from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
 
 from .run import BenchmarkConfig, run_benchmark

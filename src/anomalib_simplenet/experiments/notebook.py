@@ -1,5 +1,5 @@
-"""Small helpers that keep the notebooks in ``notebooks/`` short: data set-up, raw scores, image grids, and the
-distillation study's comparison at small size (models fitted, scored and measured by the study's own functions)."""
+"""Helpers that keep the notebooks short: data set-up, raw scores, image grids, and the distillation study's
+comparison at small size (fitted, scored and measured by the study's own functions)."""
 
 from __future__ import annotations
 
@@ -15,32 +15,19 @@ from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
 from PIL import Image
 
-from anomalib_simplenet.lab.data import make_synthetic_mvtec, subset
+from anomalib_simplenet.lab.data import images_by_label, make_synthetic_mvtec, subset
 from anomalib_simplenet.lab.scores import evaluate, predict
 
 DATASETS = ("synthetic", "magnetic_tile")
 
 
 def prepare_data(
-    data: str,
-    data_root: str | Path,
-    out: str | Path,
-    n_train: int = 24,
-    image_size: int = 128,
+    data: str, data_root: str | Path, out: str | Path, n_train: int = 24, image_size: int = 128
 ) -> tuple[Path, str]:
-    """``(root, category)`` of an MVTec-layout dataset for ``anomalib.data.MVTecAD``.
-
-    Args:
-        data: ``"synthetic"`` (generated under ``out/data``, ``image_size`` px) or ``"magnetic_tile"`` (read from
-            ``data_root/magnetic_tile``).
-        data_root: MVTec-layout root holding ``magnetic_tile/`` (ignored for synthetic data).
-        out: working folder.
-        n_train: training images. Synthetic: generated, with ``max(4, n_train // 3)`` test images per type.
-            magnetic_tile: ``0`` = the full set in place; otherwise an evenly spaced subset of that many training
-            images and ``max(4, n_train // 4)`` test images per type is linked (with masks) under ``out/data``
-            (:func:`anomalib_simplenet.lab.data.subset`).
-        image_size: side of the synthetic images.
-    """
+    """``(root, category)`` of an MVTec-layout dataset: ``"synthetic"`` (generated under ``out/data``,
+    ``image_size`` px, ``max(4, n_train // 3)`` test images per type) or ``"magnetic_tile"`` from ``data_root``
+    (``n_train=0``: the full set in place; else :func:`~anomalib_simplenet.lab.data.subset` of ``n_train`` training
+    and ``max(4, n_train // 4)`` test images per type under ``out/data``)."""
     if data not in DATASETS:
         msg = f"data must be one of {DATASETS}, got {data!r}"
         raise ValueError(msg)
@@ -67,34 +54,17 @@ def raw_image_scores(model: AnomalibModule, batches: Iterable) -> tuple[np.ndarr
 
 
 def pick_images(
-    batches: Iterable,
-    n_anomalous: int = 3,
-    n_normal: int = 2,
+    batches: Iterable, n_anomalous: int = 3, n_normal: int = 2,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The first ``n_anomalous`` anomalous, then ``n_normal`` normal images of ``batches``, stacked.
-
-    ``transform`` (e.g. a model's ``pre_processor.transform``) is applied per batch first; without it, images of
-    different batches must have the same size.
-    """
-    anomalous: list[torch.Tensor] = []
-    normal: list[torch.Tensor] = []
-    for batch in batches:
-        images = transform(batch.image) if transform is not None else batch.image
-        for image, label in zip(images, batch.gt_label, strict=True):
-            chosen = anomalous if label else normal
-            if len(chosen) < (n_anomalous if label else n_normal):
-                chosen.append(image)
-        if len(anomalous) == n_anomalous and len(normal) == n_normal:
-            break
+    """The first ``n_anomalous`` anomalous, then ``n_normal`` normal images of ``batches``, stacked (without a
+    ``transform`` to one size, images of different batches must have the same size)."""
+    normal, anomalous = images_by_label(batches, n_normal, n_anomalous, transform)
     return torch.stack(anomalous + normal)
 
 
 def show_images(
-    paths: Sequence[str | Path],
-    titles: Sequence[str] | None = None,
-    ncols: int = 1,
-    width: float = 10,
+    paths: Sequence[str | Path], titles: Sequence[str] | None = None, ncols: int = 1, width: float = 10
 ) -> Figure:
     """Image files in a grid (e.g. anomalib's visualiser output: image | mask | anomaly map | prediction)."""
     nrows = max(1, -(-len(paths) // ncols))
@@ -127,27 +97,12 @@ def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold
 
 
 def fit_study_model(
-    kind: str,
-    datamodule: AnomalibDataModule,
-    out: str | Path,
-    image_size: int,
-    teacher: str = "efficientnet_lite0",
-    pre_trained: bool = True,
-    epochs: int = 5,
-    patience: int = 3,
-    seed: int = 0,
-    **init_args: Any,
+    kind: str, datamodule: AnomalibDataModule, out: str | Path, image_size: int, teacher: str = "efficientnet_lite0",
+    pre_trained: bool = True, epochs: int = 5, patience: int = 3, seed: int = 0, **init_args: Any,
 ) -> AnomalibModule:
-    """One model of the study (``kind``: teacher | scratch | distill | unet_ae), fitted as the study fits it.
-
-    The study's constructor arguments (:func:`anomalib_simplenet.study.settings.resolve_init_args`: same input size,
-    same teacher network for the reference and the distilled student) and its fit
-    (:func:`anomalib_simplenet.study.training.fit_setting`: early stopping and the checkpoint of lowest validation
-    loss). ``init_args`` are the setting's own arguments (e.g. ``latent_dim``). Prints where the weights came from.
-
-    Raises:
-        RuntimeError: the fit failed (the study itself records the failure and goes on).
-    """
+    """One model of the study (``kind``: teacher | scratch | distill | unet_ae) with the study's arguments
+    (``resolve_init_args``) and fit (``fit_setting``: early stopping, checkpoint of lowest validation loss);
+    ``init_args``: the setting's own (e.g. ``latent_dim``). A failed fit raises ``RuntimeError``."""
     from anomalib_simplenet.lab.settings import Setting
     from anomalib_simplenet.study.settings import resolve_init_args
     from anomalib_simplenet.study.training import fit_setting, weights_line
@@ -165,42 +120,29 @@ def fit_study_model(
 def compare_models(
     models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, percentile: float = 95.0
 ) -> dict[str, dict[str, float]]:
-    """Per model, the study's metrics on raw scores (:func:`anomalib_simplenet.lab.scores.evaluate`).
-
-    ``val_image_auroc`` (the only one a choice may use), test ``image_auroc`` and ``pixel_auroc`` (raw scores) with
-    ``image_auroc_normalised`` (after anomalib's post-processor) beside them, and test F1 at the F1-adaptive
-    threshold fixed on the validation split.
-    """
+    """Per model, the study's metrics (:func:`~anomalib_simplenet.lab.scores.evaluate`): ``val_image_auroc`` (the
+    only one a choice may use), test AUROCs on raw scores and normalised, test F1 at the validation threshold."""
+    keys = ("val_image_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc", "adaptive_f1")
     table = {}
     for name, model in models.items():
         metrics = evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
                            percentile)
-        table[name] = {key: metrics[key] for key in ("val_image_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc",
-                                                 "adaptive_f1")}
+        table[name] = {key: metrics[key] for key in keys}
     return table
 
 
 def best_on_validation(table: Mapping[str, Mapping[str, float]]) -> str:
     """Name of the model of highest validation image AUROC (ties: the first listed; NaN never wins)."""
-    def score(name: str) -> float:
-        value = table[name]["val_image_auroc"]
-        return value if math.isfinite(value) else -math.inf
-
-    return max(table, key=score)
+    return max(table, key=lambda name: table[name]["val_image_auroc"] if math.isfinite(table[name]["val_image_auroc"])
+               else -math.inf)
 
 
 def cost_table(
-    models: Mapping[str, AnomalibModule],
-    datamodule: AnomalibDataModule,
-    out: str | Path,
-    threads: int = 1,
+    models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, out: str | Path, threads: int = 1,
     throughput_seconds: float = 1.0,
 ) -> dict[str, dict[str, float]]:
-    """Per model: parameters of the deployed network, size and batch-1 latency of its torch FP32 export.
-
-    Measured by the study (:func:`anomalib_simplenet.study.cost.measure_model`) on the raw
-    test images, each alone; a distilled student is measured without its teacher (training-only).
-    """
+    """Per model, as the study measures it (``study.cost.measure_model``, raw test images each alone; a distilled
+    student without its teacher): parameters, size and batch-1 latency of the torch FP32 export."""
     from anomalib_simplenet.study.cost import measure_model
 
     table = {}

@@ -83,11 +83,7 @@ class SweepCLI(AnomalibCLI):
 
 
 def _cli_args(
-    setting: Setting,
-    run_dir: Path,
-    data: str | None,
-    max_epochs: int | None,
-    extra: Sequence[str],
+    setting: Setting, run_dir: Path, data: str | None, max_epochs: int | None, extra: Sequence[str]
 ) -> list[str]:
     """``anomalib train`` arguments of one run (``extra`` last, so the user's options win)."""
     args = ["train"]
@@ -116,11 +112,7 @@ def _parse(args: list[str], run_dir: Path) -> SweepCLI:
 
 
 def run_setting(
-    setting: Setting,
-    out: Path,
-    data: str | None = None,
-    max_epochs: int | None = None,
-    extra: Sequence[str] = (),
+    setting: Setting, out: Path, data: str | None = None, max_epochs: int | None = None, extra: Sequence[str] = ()
 ) -> FitResult:
     """Fit and test one setting in ``out/<setting>/v<N>``; never raises for a failed run (see ``status``)."""
     result = FitResult(setting.name, next_version_dir(out / setting.name))

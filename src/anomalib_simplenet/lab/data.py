@@ -9,7 +9,7 @@ disjoint from the test split: choices are made on validation, only test is repor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +35,8 @@ def test_share(category_dir: Path, max_test: int | None) -> int | None:
 
 
 def subset(
-    root: Path,
-    category: str,
-    target: Path,
-    max_train: int | None = None,
-    max_test: int | None = None,
-    test_good: int | None = None,
-    test_defects: int | None = None,
-    defects: Sequence[str] | None = None,
+    root: Path, category: str, target: Path, max_train: int | None = None, max_test: int | None = None,
+    test_good: int | None = None, test_defects: int | None = None, defects: Sequence[str] | None = None,
 ) -> Path:
     """Linked subset of ``root/category`` as ``target/category``; returns ``target`` (the datamodule root).
 
@@ -59,16 +53,9 @@ def subset(
 
 
 def datamodule(
-    root: Path,
-    category: str,
-    image_size: tuple[int, int] | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    val_split_ratio: float = 0.5,
-    eval_batch_size: int | None = None,
-    num_workers: int = 0,
-    cls: type[MVTecAD] = LocalMVTecAD,
-    **kwargs: Any,  # noqa: ANN401
+    root: Path, category: str, image_size: tuple[int, int] | None = None, batch_size: int = 8, seed: int = 0,
+    val_split_ratio: float = 0.5, eval_batch_size: int | None = None, num_workers: int = 0,
+    cls: type[MVTecAD] = LocalMVTecAD, **kwargs: Any,  # noqa: ANN401
 ) -> MVTecAD:
     """One category; validation = a seeded ``val_split_ratio`` of the test folder, disjoint from the test split.
 
@@ -107,11 +94,7 @@ def union_datamodule(
 
 
 def prepare_categories(
-    source: Path | None,
-    categories: Sequence[str],
-    target: Path,
-    max_train: int | None,
-    max_test: int | None,
+    source: Path | None, categories: Sequence[str], target: Path, max_train: int | None, max_test: int | None,
     synthetic_size: int = 128,
 ) -> tuple[Path, list[str]]:
     """:func:`subset` of each category under ``target``; return ``(target, notes)``.
@@ -161,3 +144,21 @@ def load_test_samples(data: LocalMVTecAD) -> list[TestSample]:
             mask = torch.zeros(image.shape[-2:], dtype=torch.uint8)
         samples.append(TestSample(Path(row.image_path), image, int(row.label_index), mask))
     return samples
+
+
+def images_by_label(
+    batches: Iterable, n_normal: int, n_anomalous: int, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The first ``n_normal`` normal and ``n_anomalous`` anomalous images ``(3, H, W)`` of ``batches``;
+    ``transform`` (e.g. a model's ``pre_processor.transform``) is applied per batch, so sizes may differ."""
+    normal: list[torch.Tensor] = []
+    anomalous: list[torch.Tensor] = []
+    for batch in batches:
+        images = transform(batch.image) if transform is not None else batch.image
+        for image, label in zip(images, batch.gt_label, strict=True):
+            group, wanted = (anomalous, n_anomalous) if int(label) else (normal, n_normal)
+            if len(group) < wanted:
+                group.append(image)
+        if len(normal) >= n_normal and len(anomalous) >= n_anomalous:
+            break
+    return normal, anomalous

@@ -63,13 +63,14 @@ def select_variants(with_acq: bool = False) -> list[Variant]:
 
 @dataclass
 class Exported:
-    """Outcome of exporting one variant: a model file and its size, or the error."""
+    """One variant's outcome: its model file and size, then its measurement, or the error of either step."""
 
     variant: Variant
     path: Path | None = None
     size_bytes: int | None = None
     seconds: float | None = None
     error: str | None = None
+    measurement: Measurement | None = None
 
 
 def files_size(path: Path) -> int:
@@ -85,12 +86,8 @@ def short_error(error: BaseException) -> str:
 
 
 def openvino_variant(
-    model: AnomalibModule,
-    graph: ov.Model,
-    target: Path,
-    compression: CompressionType | None = None,
-    datamodule: AnomalibDataModule | None = None,
-    max_drop: float = 0.01,
+    model: AnomalibModule, graph: ov.Model, target: Path, compression: CompressionType | None = None,
+    datamodule: AnomalibDataModule | None = None, max_drop: float = 0.01,
 ) -> Path:
     """OpenVINO IR at ``target`` (``.xml``) from a copy of ``graph`` (``ov.convert_model`` of the ONNX export),
     compressed as ``Engine.export`` would; ``graph`` itself is left unchanged for the next variant."""
@@ -108,29 +105,17 @@ def openvino_variant(
     return target
 
 
-def _convert(model: AnomalibModule, root: Path, input_size: tuple[int, int] | None) -> ov.Model | BaseException:
-    """ONNX export (slow: tracing) and conversion, once for all OpenVINO variants; an error is returned so that
-    each OpenVINO variant reports it."""
-    import openvino as ov
-
-    try:
-        return ov.convert_model(model.to_onnx(root, input_size=input_size))
-    except Exception as error:  # noqa: BLE001
-        return error
-
-
 def export_variants(
-    model: AnomalibModule,
-    variants: list[Variant],
-    root: Path,
-    datamodule: AnomalibDataModule,
-    input_size: tuple[int, int] | None = None,
-    max_drop: float = 0.01,
+    model: AnomalibModule, variants: list[Variant], root: Path, datamodule: AnomalibDataModule,
+    input_size: tuple[int, int] | None = None, max_drop: float = 0.01,
 ) -> list[Exported]:
     """Export ``model`` as each of ``variants`` under ``root``; a failing variant records its error and the rest go on.
 
-    ``input_size`` fixes the exported image size (``None``: dynamic height and width).
+    The ONNX export (slow: tracing) and its conversion run once for all OpenVINO variants; ``input_size`` fixes the
+    exported image size (``None``: dynamic height and width).
     """
+    import openvino as ov
+
     model.eval()
     results: list[Exported] = []
     graph: ov.Model | BaseException | None = None
@@ -142,8 +127,11 @@ def export_variants(
             if variant.runtime == "torch":
                 path = model.to_torch(root / variant.slug)
             else:
-                if graph is None:
-                    graph = _convert(model, root / "onnx", input_size)
+                if graph is None:  # a failed conversion is kept, so that every OpenVINO variant reports it
+                    try:
+                        graph = ov.convert_model(model.to_onnx(root / "onnx", input_size=input_size))
+                    except Exception as error:  # noqa: BLE001
+                        graph = error
                 if isinstance(graph, BaseException):
                     raise graph
                 target = root / variant.slug / "model.xml"
@@ -159,31 +147,20 @@ def export_variants(
     return results
 
 
-@dataclass
-class Row:
-    """One variant's export outcome and measurement (``None`` measurement: it failed, see ``error``)."""
-
-    exported: Exported
-    measurement: Measurement | None = None
-    error: str | None = None
-
-
 def _ratio(value: float | None, reference: float | None) -> float | None:
     return None if value is None or reference is None or reference == 0 else value / reference
 
 
-def row_record(row: Row, reference: Row) -> dict[str, Any]:
-    """Flat record of a row: absolute numbers, ratios / differences against ``reference`` (torch FP32)."""
+def row_record(row: Exported, reference: Exported) -> dict[str, Any]:
+    """Flat record of a variant: absolute numbers, ratios / differences against ``reference`` (torch FP32)."""
     m, ref = row.measurement, reference.measurement
-    failure = row.exported.error or row.error
     record: dict[str, Any] = {
-        "variant": row.exported.variant.name, "status": "ok" if failure is None else f"failed: {failure}",
-        "size_mb": None if row.exported.size_bytes is None else row.exported.size_bytes / 1e6,
-        "export_s": row.exported.seconds,
+        "variant": row.variant.name, "status": "ok" if row.error is None else f"failed: {row.error}",
+        "size_mb": None if row.size_bytes is None else row.size_bytes / 1e6, "export_s": row.seconds,
     }
     for key in ("latency_ms_median", "latency_ms_p95", "throughput_ips", "image_auroc", "pixel_auroc", "image_f1"):
         record[key] = None if m is None else getattr(m, key)
-    record["size_ratio"] = _ratio(row.exported.size_bytes, reference.exported.size_bytes)
+    record["size_ratio"] = _ratio(row.size_bytes, reference.size_bytes)
     record["speedup_latency"] = _ratio(ref and ref.latency_ms_median, m and m.latency_ms_median)
     record["speedup_throughput"] = _ratio(m and m.throughput_ips, ref and ref.throughput_ips)
     for key in ("image_auroc", "pixel_auroc", "image_f1"):
@@ -217,22 +194,18 @@ def measure_variants(
     throughput_seconds: float, warmup: int = 3, batch_size: int = 8, ov_precision: str = "f32",
     input_size: tuple[int, int] | None = None, max_drop: float = 0.01, label: str = "",
 ) -> list[dict[str, Any]]:
-    """Export ``model`` as each variant under ``root`` and measure each; one record per variant, torch first.
-    A failing variant is recorded with its error and the others go on."""
+    """Export ``model`` as each variant under ``root`` and measure each; one record per variant, torch first."""
     exported = export_variants(model, variants, root, datamodule, input_size, max_drop)
     samples = load_test_samples(datamodule)
     size = tuple(int(s) for s in model.input_size)
-    rows = []
     for index, result in enumerate(exported, start=1):
         print(f"==> measuring {index}/{len(exported)}: {result.variant.name} on {len(samples)} test images", flush=True)
-        row = Row(result)
         if result.error is None:
             try:
                 runner = load_runner(result.variant.runtime, result.path, threads, ov_precision)
-                row.measurement = measure(runner, samples, size, f"{label} {result.variant.name}".strip(), warmup,
-                                          batch_size, throughput_seconds)
+                result.measurement = measure(runner, samples, size, f"{label} {result.variant.name}".strip(), warmup,
+                                             batch_size, throughput_seconds)
             except Exception as error:  # noqa: BLE001 (the other variants still get measured)
                 traceback.print_exc()
-                row.error = short_error(error)
-        rows.append(row)
-    return [row_record(row, rows[0]) for row in rows]
+                result.error = short_error(error)
+    return [row_record(row, exported[0]) for row in exported]

@@ -4,7 +4,6 @@ as it was): loss curves, a deployment run's variants, a sweep's metrics, ROC cur
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 
 def loss_figure(histories: Mapping[str, list[dict[str, float]]], title: str = "") -> Figure:
-    """Train (solid) and validation (dashed) loss per epoch, one colour per run.
-
-    Args:
-        histories: run name → :meth:`LossHistory.rows` (or rows read back from its CSV).
-        title: figure title.
-    """
+    """Train (solid) and validation (dashed) loss per epoch, one colour per run (``histories``: run name →
+    :meth:`LossHistory.rows`, or rows read back from its CSV)."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
     for index, (name, rows) in enumerate(histories.items()):

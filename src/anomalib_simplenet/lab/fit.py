@@ -40,12 +40,8 @@ def _metric(trainer: Trainer, *names: str) -> float:
 
 
 class LossHistory(Callback):
-    """``train_loss`` and ``val_loss`` (and any ``extra`` logged keys) once per epoch while fitting.
-
-    Read at ``on_train_epoch_end`` and ``on_validation_end``: both run after the model's own epoch-end hooks have
-    logged. Validation outside ``fit`` and sanity checks are ignored. With a ``prefix``, one progress line per epoch
-    is printed.
-    """
+    """``train_loss`` and ``val_loss`` (and any ``extra`` logged keys) once per epoch while fitting, read after the
+    model's own epoch-end hooks have logged; sanity checks are ignored. ``prefix``: one progress line per epoch."""
 
     def __init__(self, train_key: str = "train_loss", val_key: str = "val_loss", extra: Sequence[str] = (),
                  prefix: str = "") -> None:
@@ -76,16 +72,6 @@ class LossHistory(Callback):
     def rows(self) -> list[dict[str, float]]:
         """One ``{"epoch", "train_loss", "val_loss", ...}`` per epoch (epochs counted from 1), in order."""
         return [{"epoch": epoch + 1, **values} for epoch, values in sorted(self.epochs.items())]
-
-    def last(self, key: str) -> float:
-        """Last finite value of ``key``; NaN when there is none."""
-        values = [row[key] for row in self.rows() if math.isfinite(row.get(key, math.nan))]
-        return values[-1] if values else math.nan
-
-    def best(self, key: str = "val_loss") -> float:
-        """Lowest finite value of ``key``; NaN when there is none."""
-        values = [row[key] for row in self.rows() if math.isfinite(row.get(key, math.nan))]
-        return min(values) if values else math.nan
 
     def save_csv(self, path: str | Path) -> Path:
         """Write the rows (:data:`COLUMNS`) as CSV at ``path``."""
@@ -186,19 +172,10 @@ def guarded(result: FitResult, prefix: str = "") -> Iterator[FitResult]:
         result.fit_s = time.perf_counter() - start
 
 
-def fit(
-    name: str,
-    model: AnomalibModule,
-    data: Any,
-    run_dir: Path,
-    max_epochs: int,
-    patience: int | None = None,
-    test: bool = False,
-    seed: int | None = None,
-    callbacks: Sequence[Callback] = (),
-    history_keys: Sequence[str] = (),
-    prefix: str = "",
-    **engine_args: Any,
+def fit(  # noqa: PLR0913 (every measurement's fit: its options are the union of theirs)
+    name: str, model: AnomalibModule, data: Any, run_dir: Path, max_epochs: int, patience: int | None = None,
+    test: bool = False, seed: int | None = None, callbacks: Sequence[Callback] = (), history_keys: Sequence[str] = (),
+    prefix: str = "", **engine_args: Any,
 ) -> FitResult:
     """Fit ``model`` on ``data`` in ``run_dir``; never raises (see :func:`guarded`).
 

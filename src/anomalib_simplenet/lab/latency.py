@@ -15,19 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from anomalib_simplenet.components.resize import antialiased_resize
-from anomalib_simplenet.deploy.precision import PRECISION_CHOICES, precision_config
+from anomalib_simplenet.deploy.precision import precision_config
 from anomalib_simplenet.deploy.quantization import prediction_from_outputs
 
 from .scores import auroc, f1_score
 
-__all__ = ["PRECISION_CHOICES", "Measurement", "PeakMemory", "load_runner", "measure", "measure_inference"]
 _STATUS = Path("/proc/self/status")
 
 
@@ -146,25 +145,21 @@ def measure_inference(
     return results
 
 
-class Runner(Protocol):
-    """Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...)."""
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
+# Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...).
+Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
-class TorchRunner:
-    """The model saved by ``Engine.export(TORCH)`` (``{"model": module}``); its ``forward`` pre- and post-processes."""
+def module_runner(module: torch.nn.Module, device: torch.device | str = "cpu") -> Runner:
+    """``module`` in eval mode on ``device``, without autograd; named outputs (an ``InferenceBatch``) become a dict
+    without the empty fields, outputs without names (a bare backbone's feature list) stay as they are."""
+    module.eval().to(device)
 
-    def __init__(self, path: Path, threads: int) -> None:
-        # Our own file from this run: unpickling it is safe (TorchInferencer asks for TRUST_REMOTE_CODE here).
-        self.model = torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
-        torch.set_num_threads(threads)
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One forward pass without autograd."""
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            outputs = self.model(images)
-        return {name: value for name, value in outputs._asdict().items() if value is not None}
+            out = module(images.to(device))
+        return {k: v.cpu() for k, v in out._asdict().items() if v is not None} if hasattr(out, "_asdict") else out
+
+    return run
 
 
 class OpenVINORunner:
@@ -184,9 +179,12 @@ class OpenVINORunner:
 
 
 def load_runner(runtime: str, path: Path, threads: int, ov_precision: str = "f32") -> Runner:
-    """Runner for ``runtime`` (``"torch"`` or ``"openvino"``)."""
+    """Runner of an exported model: ``"torch"`` (the file of ``Engine.export(TORCH)``, whose ``forward`` pre- and
+    post-processes) or ``"openvino"`` (an IR)."""
     if runtime == "torch":
-        return TorchRunner(path, threads)
+        torch.set_num_threads(threads)
+        # Our own file from this run: unpickling it is safe (TorchInferencer asks for TRUST_REMOTE_CODE here).
+        return module_runner(torch.load(path, map_location="cpu", weights_only=False)["model"])
     if runtime == "openvino":
         return OpenVINORunner(path, threads, ov_precision)
     msg = f"unknown runtime {runtime!r} (expected 'torch' or 'openvino')"

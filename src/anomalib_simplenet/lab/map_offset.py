@@ -28,13 +28,9 @@ def _centroids(weights: torch.Tensor) -> torch.Tensor:
 def map_offsets(
     anomaly_maps: torch.Tensor, masks: torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION
 ) -> torch.Tensor:
-    """Signed offsets ``(M, 2)`` ``(dx, dy)`` in pixels, one per image whose mask is not empty.
-
-    Args:
-        anomaly_maps: ``(N, H, W)`` or ``(N, 1, H, W)`` maps (higher = more anomalous).
-        masks: ground-truth masks of the same size (non-zero = defect).
-        top_fraction: share of each map's pixels (the highest) whose centroid is the map's position.
-    """
+    """Signed offsets ``(M, 2)`` ``(dx, dy)`` in pixels, one per image whose mask is not empty, of ``(N, H, W)`` or
+    ``(N, 1, H, W)`` maps (higher = more anomalous) against masks of the same size (non-zero = defect);
+    ``top_fraction``: share of each map's pixels (the highest) whose centroid is the map's position."""
     maps = anomaly_maps.detach().double().reshape(len(anomaly_maps), *anomaly_maps.shape[-2:])
     truth = (masks.detach().reshape(len(masks), *masks.shape[-2:]) > 0).double()
     if maps.shape != truth.shape:
@@ -58,7 +54,5 @@ def mean_map_offset(
 ) -> tuple[float, float]:
     """Mean signed offset ``(dx, dy)`` in pixels over the defective images (NaN if there are none)."""
     offsets = map_offsets(anomaly_maps, masks, top_fraction)
-    if not len(offsets):
-        return float("nan"), float("nan")
-    mean = offsets.mean(dim=0)
+    mean = offsets.mean(dim=0) if len(offsets) else torch.full((2,), float("nan"))
     return float(mean[0]), float(mean[1])

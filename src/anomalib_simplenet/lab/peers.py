@@ -121,12 +121,6 @@ def resolve_model_class(name: str) -> type:
     return cls
 
 
-def pre_processor(size: int, resize_shorter_side: int | None = None) -> Any:
-    """The same input for every model: SimpleNet's resize (antialiased; or shorter side + centre crop) and ImageNet
-    normalisation."""
-    return imagenet_pre_processor(size, resize_shorter_side)
-
-
 def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resize_shorter_side: int | None = None,
           **options: Any) -> tuple[Any, str]:
     """Model ``name`` (``simplenet`` or one of :data:`PEERS`) on ``weights``; returns it and a note on what
@@ -137,7 +131,8 @@ def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resiz
 
     from anomalib_simplenet import SimpleNet
 
-    common = {"pre_processor": pre_processor(image_size, resize_shorter_side), "visualizer": False}
+    # The same input for every model: SimpleNet's resize (antialiased, or shorter side + centre crop), ImageNet norm.
+    common = {"pre_processor": imagenet_pre_processor(image_size, resize_shorter_side), "visualizer": False}
     if "evaluator" in options:
         common["evaluator"] = options.pop("evaluator")
     peer_options = {key: options.pop(key) for key in ("n_features", "coreset_ratio") if key in options}

@@ -45,23 +45,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _present(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    return [(key, title) for key, title in METRIC_COLUMNS if any(r.get(key) is not None for r in records)]
+
+
 def metric_header(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Titles of the metric columns present in ``records``: raw, then its normalised twin and the difference."""
-    titles = []
-    for key, title in METRIC_COLUMNS:
-        if any(r.get(key) is not None for r in records):
-            titles += [f"{title} raw", f"{title} normalised", "Δ normalised − raw"]
-    return titles
+    return [name for _, title in _present(records) for name in (f"{title} raw", f"{title} normalised",
+                                                                 "Δ normalised − raw")]
 
 
 def metric_cells(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Cells of :func:`metric_header` for one record (``–`` where a value is missing)."""
     cells = []
-    for key, _ in METRIC_COLUMNS:
-        if any(r.get(key) is not None for r in records):
-            raw, normalised = record.get(key), record.get(key + NORMALISED)
-            delta = None if raw is None or normalised is None else normalised - raw
-            cells += [fmt(raw), fmt(normalised), fmt(delta, "+.4f")]
+    for key, _ in _present(records):
+        raw, normalised = record.get(key), record.get(key + NORMALISED)
+        delta = None if raw is None or normalised is None else normalised - raw
+        cells += [fmt(raw), fmt(normalised), fmt(delta, "+.4f")]
     return cells
 
 

@@ -1,15 +1,11 @@
 """Scores of a fitted model and their metrics, raw and normalised side by side; thresholds.
 
-Raw scores are the torch model's own ``pred_score`` / ``anomaly_map`` (its eval forward after the
-pre-processor's transform). anomalib's post-processor min–max normalises them with validation statistics and
-clamps them to [0, 1] before its Evaluator computes metrics, so test images beyond the validation range tie; the
-normalised twin is that same post-processor applied to the same raw outputs. Every metric comes from one library,
-anomalib's (the Evaluator's own classes). Pixel metrics use maps and masks shrunk to at most ``PIXEL_SIZE``
-pixels a side (area / nearest), which keeps them cheap on hundreds of images; no mask: NaN.
-
-Thresholds, both fixed on the *validation* split and then applied to test: ``adaptive`` (anomalib's F1-adaptive
-threshold, needs defects in validation) and ``percentile`` (the ``q``-th percentile of the validation split's
-normal scores: no defects needed, a false-alarm rate of about ``1 − q/100``).
+Raw scores are the torch model's own ``pred_score`` / ``anomaly_map``. anomalib's post-processor min–max normalises
+them with validation statistics and clamps them to [0, 1], so test images beyond the validation range tie: the
+normalised twin shows that. Every metric is anomalib's (its Evaluator's classes). Pixel metrics use maps and masks
+shrunk to at most ``PIXEL_SIZE`` pixels a side (cheap on hundreds of images); no mask: NaN. Thresholds are fixed on
+the *validation* split, then applied to test: ``adaptive`` (anomalib's F1-adaptive; needs defects in validation)
+and ``percentile`` (of the normal validation scores: a false-alarm rate of about ``1 − q/100``).
 """
 
 from __future__ import annotations
@@ -168,16 +164,12 @@ def f1_score(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 def at_threshold(predictions: Predictions, threshold: float) -> dict[str, float]:
     """F1, precision, recall and false-alarm rate (share of normal images flagged) of ``score > threshold``."""
-    predicted = predictions.scores > threshold
-    truth = predictions.labels == 1
-    tp, fp = int((predicted & truth).sum()), int((predicted & ~truth).sum())
-    fn = int((~predicted & truth).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = f1_score(predicted, truth)
+    predicted, truth = predictions.scores > threshold, predictions.labels == 1
+    tp, fp, fn = int((predicted & truth).sum()), int((predicted & ~truth).sum()), int((~predicted & truth).sum())
     normals = int((~truth).sum())
-    return {"f1": f1, "precision": precision, "recall": recall,
-            "false_alarm_rate": fp / normals if normals else math.nan, "threshold": threshold}
+    return {"f1": f1_score(predicted, truth), "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0, "false_alarm_rate": fp / normals if normals else math.nan,
+            "threshold": threshold}
 
 
 def evaluate(validation: Predictions, test: Predictions, percentile: float) -> dict[str, float]:

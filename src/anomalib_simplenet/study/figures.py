@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from anomalib_simplenet.lab.data import images_by_label
 from anomalib_simplenet.lab.figures import loss_figure, roc_figure
 from anomalib_simplenet.models.unet_ae import save_reconstructions
 
@@ -16,21 +17,6 @@ from .settings import KIND_TITLES
 
 if TYPE_CHECKING:
     from .run import Candidate
-
-
-def _reconstruction_images(model: Any, datamodule: Any, count: int = 2) -> torch.Tensor:
-    """``count`` normal and ``count`` defective test images, pre-processed as the model sees them."""
-    normal, defective = [], []
-    for batch in datamodule.test_dataloader():
-        for image, label in zip(batch.image, batch.gt_label, strict=True):
-            group = defective if int(label) else normal
-            if len(group) < count:
-                group.append(image)
-        if len(normal) >= count and len(defective) >= count:
-            break
-    images = torch.stack(normal + defective)
-    transform = getattr(model.pre_processor, "transform", None)
-    return transform(images) if transform is not None else images
 
 
 def write_all(
@@ -62,8 +48,11 @@ def write_all(
     for category, datamodule in datamodules.items():
         candidate = chosen.get(category, {}).get("unet_ae")
         if candidate is not None and candidate.fit.model is not None:
-            images = _reconstruction_images(candidate.fit.model, datamodule)
+            model = candidate.fit.model
+            transform = getattr(model.pre_processor, "transform", None)
+            normal, defective = images_by_label(datamodule.test_dataloader(), 2, 2, transform)
+            images = torch.stack(normal + defective)
             path = folder / f"reconstructions_{category}.png"
             files[f"UNetAE reconstructions {category} (rows: 2 normal, 2 defective; input | reconstruction | "
-                  "error map)"] = save_reconstructions(candidate.fit.model, images, path)
+                  "error map)"] = save_reconstructions(model, images, path)
     return files

@@ -35,7 +35,7 @@ def study_settings(path: Path, kinds: Sequence[str] = KINDS, per_kind: int | Non
 def model_class(kind: str) -> type:
     """The anomalib model class of a kind."""
     if kind == "teacher":
-        from .teacher_reference import TeacherMahalanobis
+        from anomalib_simplenet.models import TeacherMahalanobis
 
         return TeacherMahalanobis
     if kind == "unet_ae":
