@@ -7,11 +7,14 @@ from typing import Any
 
 import torch
 
+from anomalib_simplenet.components.distributed import RowsByKey
+
 from .feature_cache import TrainingFeatureCache
 from .noise_scale import measure_feature_scale
 from .torch_model import SimpleNetModel
 
 logger = logging.getLogger(__name__)
+GAUSSIAN_FIT_BATCH = 32  # images per step of the streamed location-Gaussian fit
 
 
 def fit_training_statistics(
@@ -28,12 +31,14 @@ def fit_training_statistics(
     """
     gaussian = model.location_gaussian
     noise = model.noise_generator
-    collected: list[torch.Tensor] | None = [] if gaussian is not None else None
+    collected = RowsByKey() if gaussian is not None else None
     if not noise.relative and gaussian is None:
         return
     scale, images = measure_feature_scale(trainer, pre_processor, features, device, collected)
-    if gaussian is not None:
-        gaussian.fit(collected)
+    if collected is not None:
+        # In key order over all ranks (a collective under DDP, where every rank has batches): all fit the same.
+        count, batches = collected.batches(GAUSSIAN_FIT_BATCH)
+        gaussian.fit(batches, count)
         logger.info("Per-location Gaussian fitted on %d training images.", images)
     if noise.relative:
         noise.set_feature_scale(scale)
