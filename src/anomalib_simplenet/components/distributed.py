@@ -122,6 +122,48 @@ def gather_by_key(keys: Sequence[str], *tensors: torch.Tensor) -> tuple[list[str
     return ordered, [row[index.to(row.device)] for row in rows]
 
 
+class RowsByKey:
+    """Per-sample rows added batch by batch, read back in :func:`gather_by_key`'s order: all ranks' rows, one per
+    distinct key, sorted by key.
+
+    In one process the rows are not concatenated: :meth:`batches` stacks a batch at a time from those added (one
+    copy of the rows in memory, not three). Under DDP they are gathered as :func:`gather_by_key` does.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.keys: list[str] = []
+
+    def add(self, rows: torch.Tensor, keys: Sequence[str]) -> None:
+        """Add rows ``(n, ...)`` and their ``n`` keys (kept on the CPU in one process; on their device under DDP,
+        where the gather needs them there)."""
+        if len(rows) != len(keys):
+            msg = f"RowsByKey: {len(keys)} keys for {len(rows)} rows"
+            raise ValueError(msg)
+        self.parts.append(rows if is_distributed() else rows.cpu())
+        self.keys += [str(key) for key in keys]
+
+    def batches(self, size: int) -> tuple[int, Iterator[torch.Tensor]]:
+        """Number of distinct keys and an iterator over their rows in batches of ``size`` (CPU tensors).
+
+        A collective under DDP: every rank must call it.
+        """
+        if is_distributed():
+            _, (everything,) = gather_by_key(self.keys, torch.cat(self.parts))
+            self.parts = []
+            return len(everything), iter(everything.cpu().split(size))
+        first: dict[str, tuple[int, int]] = {}
+        locations = ((part, row) for part, rows in enumerate(self.parts) for row in range(len(rows)))
+        for key, location in zip(self.keys, locations, strict=True):
+            first.setdefault(key, location)
+        ordered = [first[key] for key in sorted(first)]
+        batches = (
+            torch.stack([self.parts[part][row] for part, row in ordered[start : start + size]])
+            for start in range(0, len(ordered), size)
+        )
+        return len(ordered), batches
+
+
 def batch_keys(paths: Sequence[Any] | None, count: int, start: int) -> list[str]:
     """Keys of a batch's ``count`` samples: their image paths, else this rank's running numbers from ``start``
     (distinct across ranks, so samples without a path are never merged)."""

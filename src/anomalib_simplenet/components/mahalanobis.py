@@ -12,6 +12,7 @@ from torch import nn
 
 # Most sample values (N·g·D) fitted at once; 16 Mi doubles = 128 MiB per temporary.
 FIT_CHUNK_ELEMENTS = 2**24
+COVARIANCE_EPS = 1e-6  # added to the covariance diagonal before inversion, for numerical safety
 
 
 def ledoit_wolf_covariance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,18 +21,35 @@ def ledoit_wolf_covariance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.T
     Returns:
         Covariances ``(G, D, D)`` and shrinkage coefficients ``(G,)``.
     """
-    groups, count, dim = samples.shape
+    count = samples.shape[1]
     centred = samples - samples.mean(dim=1, keepdim=True)
     empirical = centred.transpose(1, 2) @ centred / count
-    squared = centred**2
-    mu = squared.sum(dim=(1, 2)) / (count * dim)  # trace(empirical) / D
-    beta_sum = (squared.transpose(1, 2) @ squared).sum(dim=(1, 2))
+    fourth = centred.square().sum(dim=2).square().sum(dim=1)  # Σ_n ‖c_n‖⁴
+    return ledoit_wolf_shrinkage(empirical, fourth, count)
+
+
+def ledoit_wolf_shrinkage(
+    empirical: torch.Tensor, fourth: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ledoit–Wolf shrunk covariance from a sample's moments, so that it can be fitted from running sums.
+
+    Args:
+        empirical: empirical covariances ``(G, D, D)`` (centred, divided by ``count``).
+        fourth: ``(G,)`` sums over the samples of ``‖x − mean‖⁴``.
+        count: samples per group ``N``.
+
+    Returns:
+        Covariances ``(G, D, D)`` and shrinkage coefficients ``(G,)``.
+    """
+    groups, dim, _ = empirical.shape
+    trace = empirical.diagonal(dim1=1, dim2=2).sum(dim=1)  # Σ_n ‖c_n‖² / N
+    mu = trace / dim
     delta_sum = (empirical**2).sum(dim=(1, 2))
-    beta = (beta_sum / count - delta_sum) / (dim * count)
-    delta = (delta_sum - 2 * mu * squared.sum(dim=(1, 2)) / count + dim * mu**2) / dim
+    beta = (fourth / count - delta_sum) / (dim * count)
+    delta = (delta_sum - 2 * mu * trace + dim * mu**2) / dim
     beta = torch.minimum(beta, delta)
     shrinkage = torch.where(delta > 0, beta / delta.clamp_min(torch.finfo(delta.dtype).tiny), torch.zeros_like(delta))
-    identity = torch.eye(dim, dtype=samples.dtype, device=samples.device).expand(groups, dim, dim)
+    identity = torch.eye(dim, dtype=empirical.dtype, device=empirical.device).expand(groups, dim, dim)
     covariance = (1 - shrinkage)[:, None, None] * empirical + (shrinkage * mu)[:, None, None] * identity
     return covariance, shrinkage
 
@@ -45,7 +63,7 @@ class MahalanobisDistance(nn.Module):
         eps: added to the covariance diagonal before inversion, for numerical safety.
     """
 
-    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, groups: int = 1, eps: float = COVARIANCE_EPS) -> None:
         super().__init__()
         self.eps = eps
         self.register_buffer("mean", torch.zeros(groups, dim))

@@ -70,7 +70,7 @@ class DistillClassifier(PluginModuleMixin, AnomalibModule):
         holdout_fraction: fraction of normal training images per category held out of the Gaussian fit.
         threshold_mode: image threshold of the post-processor: ``"f1_adaptive"`` or ``"percentile"``.
         grid_alignment: place the anomaly map where the student's cells really look (their positions are
-            measured from the student, without data, each time the Gaussians are fitted, and saved with the
+            measured from the student, without data, the first time the Gaussians are fitted, and saved with the
             model); ``False``: plain ``align_corners=False`` upsampling, whose maps sit down-right of the defects.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """

@@ -91,7 +91,7 @@ class DistillClassifierModel(nn.Module):
         image_score: ``"embedding"``: Mahalanobis distance of the pooled embedding; ``"map_max"``: maximum of
             the anomaly map (more sensitive to small local defects, which barely move a pooled embedding).
         grid_alignment: resample the stages' distance maps at their cells' true input positions, measured from
-            the trained student whenever the Gaussians are fitted (kept in the ``grid_geometry`` buffer, see
+            the student the first time the Gaussians are fitted (kept in the ``grid_geometry`` buffer, see
             :mod:`~anomalib_simplenet.components.grid_geometry`); ``False``: ``F.interpolate(align_corners=False)``.
     """
 
@@ -120,6 +120,9 @@ class DistillClassifierModel(nn.Module):
         # Until the first fit: the positions of an untrained ResNet (zero padding: cell i at pixel s·i).
         register_geometry(self, naive_geometry([STAGE_STRIDES[stage] for stage in self.map_layers]))
         self.grid_geometry[:, 0] = 0.0
+        # Measured on the student at its first fit and kept for the refits after later epochs: the probe costs
+        # about as much as a pass over a small training set. A loaded checkpoint brings its own; a new fit remeasures.
+        self.geometry_measured = False
         # Image score below which this percentile of held-out normal training images falls (NaN until fitted).
         self.register_buffer("percentile_threshold", torch.tensor(float("nan")))
 
@@ -170,8 +173,9 @@ class DistillClassifierModel(nn.Module):
                 threshold, the ``percentile``-th percentile (0–100) of their image scores.
         """
         self.check_grid(features)
-        if self.grid_alignment:
+        if self.grid_alignment and not self.geometry_measured:
             self.grid_geometry.copy_(self.measure_grid_geometry())
+            self.geometry_measured = True
         for index, (name, gaussians) in enumerate(zip(self.categories, self.gaussians, strict=True)):
             selected = (category_index == index) & fit_mask
             if int(selected.sum()) < 2:

@@ -25,8 +25,9 @@ from ..plugin_module import PluginModuleMixin
 from .feature_cache import TrainingFeatureCache
 from .feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from .fit_caches import FitFeatureCaches
+from .fit_start import fit_training_statistics
 from .loss import TruncatedL1Loss
-from .noise_scale import LearnsNothingCheck, measure_feature_scale
+from .noise_scale import LearnsNothingCheck
 from .torch_model import SimpleNetModel
 from .training_step import discriminator_step
 
@@ -241,22 +242,7 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         self._learns_nothing = LearnsNothingCheck(self.model.noise_generator, self.loss.margin)
         self._validations = self._validations_checked = 0
         self.feature_caches.start(self.trainer, self.pre_processor)
-        gaussian = self.model.location_gaussian
-        collected: list[torch.Tensor] | None = [] if gaussian is not None else None
-        if self.model.noise_generator.relative or gaussian is not None:
-            scale, images = measure_feature_scale(
-                self.trainer, self.pre_processor, self.feature_caches.training, self.device, collected
-            )
-        if gaussian is not None:
-            gaussian.fit(collected)
-            logger.info("Per-location Gaussian fitted on %d training images.", images)
-        if self.model.noise_generator.relative:
-            self.model.noise_generator.set_feature_scale(scale)
-            logger.info(
-                "Feature scale %.4g (%d training images): noise σ = %g × %.4g = %.4g.",
-                float(scale), images, self.model.noise_generator.relative_noise_std, float(scale),
-                float(self.model.noise_generator.sigma()),
-            )
+        fit_training_statistics(self.model, self.trainer, self.pre_processor, self.feature_caches.training, self.device)
 
     def on_train_epoch_start(self) -> None:
         """From the first epoch after the training features are cached (at the start of fit, or in the first

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
+from .location_moments import LocationMoments
 
-LOCATION_CHUNK = 64  # locations fitted at once: bounds the float64 working memory to ~N·64·D values
 TRACK_MOMENTUM = 0.1  # running statistics of the discriminator's normal scores: BatchNorm's default
 
 
@@ -56,40 +55,57 @@ class LocationGaussianEnsemble(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[torch.Tensor]) -> LocationGaussianEnsemble:
-        """Fit the Gaussians on normal feature maps ``(n, D, h, w)`` (all batches kept on the CPU, float32).
+    def fit(self, batches: Iterable[torch.Tensor], count: int | None = None) -> LocationGaussianEnsemble:
+        """Fit the Gaussians on normal feature maps ``(n, D, h, w)``, streamed batch by batch.
 
-        The distance's spread is measured on training images the Gaussians did not see (fitted on the first half,
-        measured on the second): in-sample distances are much smaller than those of new normal images when there
-        are few images per location, and the Gaussian term would then outweigh the discriminator. The Gaussians
-        kept are then fitted on all images.
+        Args:
+            batches: the training images' feature maps, in a fixed order (its first half is the held-out split's).
+            count: number of images in ``batches``; ``None``: ``batches`` is read into a list first to count them.
+
+        The distance's spread is measured on training images the Gaussians did not see (fitted on the first
+        ``count // 2``, measured on the rest): in-sample distances are much smaller than those of new normal images
+        when there are few images per location, and the Gaussian term would then outweigh the discriminator. The
+        Gaussians kept are then fitted on all images. Only running sums (:class:`.location_moments.LocationMoments`)
+        and the held-out distances are kept, not the features.
         """
-        features = torch.cat([batch.detach().float().cpu() for batch in batches])
-        if features.shape[1] != self.dim:
-            msg = f"location Gaussian: features have {features.shape[1]} channels, the model was built for {self.dim}"
+        if count is None:
+            batches = list(batches)
+            count = sum(len(batch) for batch in batches)
+        if count < 4:
+            msg = f"location Gaussian needs at least 4 training images (2 per half), got {count}"
             raise ValueError(msg)
-        if len(features) < 4:
-            msg = f"location Gaussian needs at least 4 training images (2 per half), got {len(features)}"
+        half, seen = count // 2, 0
+        moments = LocationMoments(self.dim)
+        distances: list[torch.Tensor] = []
+        for batch in batches:
+            if batch.dim() == 4 and batch.shape[1] != self.dim:
+                msg = f"location Gaussian: features have {batch.shape[1]} channels, the model was built for {self.dim}"
+                raise ValueError(msg)
+            batch = batch.detach().float().cpu()
+            for part in (batch[: max(0, half - seen)], batch[max(0, half - seen) :]):
+                if len(part) == 0:
+                    continue
+                if seen >= half:  # held out from the half fit: its distances measure the spread
+                    distances += [self.distance(rows.to(self.mean.device)) for rows in part.split(32)]
+                moments.update(part)
+                seen += len(part)
+                if seen == half:
+                    self._set_gaussians(moments)
+        if seen != count:
+            msg = f"location Gaussian: told {count} training images, got {seen}"
             raise ValueError(msg)
-        half = len(features) // 2
-        self._fit_gaussians(features[:half])
-        distances = torch.cat([self.distance(batch.to(self.mean.device)) for batch in features[half:].split(32)])
-        self.gaussian_stats.copy_(torch.stack([distances.mean(), distances.std().clamp_min(1e-6)]))
-        self._fit_gaussians(features)
+        distances_all = torch.cat(distances)
+        self.gaussian_stats.copy_(torch.stack([distances_all.mean(), distances_all.std().clamp_min(1e-6)]))
+        self._set_gaussians(moments)
         return self
 
-    def _fit_gaussians(self, features: torch.Tensor) -> None:
-        """One Ledoit–Wolf-shrunk Gaussian per location of ``features`` ``(N, D, h, w)``, in chunks of locations."""
-        samples = features.flatten(2).transpose(1, 2)  # (N, G, D)
-        means, factors = [], []
-        for start in range(0, samples.shape[1], LOCATION_CHUNK):
-            chunk = samples[:, start : start + LOCATION_CHUNK]
-            gaussian = MahalanobisDistance(self.dim, groups=chunk.shape[1]).fit(chunk)
-            means.append(gaussian.mean)
-            factors.append(torch.linalg.cholesky(gaussian.precision.double()).float())
-        device = self.mean.device
-        self.mean = torch.cat(means).to(device)
-        self.whitening = torch.cat(factors).to(device)
+    def _set_gaussians(self, moments: LocationMoments) -> None:
+        """Take the Gaussians of ``moments``, written into the buffers when their size already fits."""
+        locations, device = moments.shift.shape[0], self.mean.device
+        if tuple(self.whitening.shape) == (locations, self.dim, self.dim) and device.type == "cpu":
+            moments.gaussians(out=(self.mean, self.whitening))
+            return
+        self.mean, self.whitening = (buffer.to(device) for buffer in moments.gaussians())
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``(N, 1, h, w)`` of features ``(N, D, h, w)`` to their locations' Gaussians."""

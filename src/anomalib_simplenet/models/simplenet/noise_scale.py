@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from anomalib_simplenet.components.distributed import gather_by_key
+from anomalib_simplenet.components.distributed import RowsByKey
 from anomalib_simplenet.reliability.rng_state import capture_rng_state, restore_rng_state
 
 from .feature_cache import TrainingFeatureCache
@@ -23,14 +23,15 @@ def measure_feature_scale(
     pre_processor: Any,
     features: TrainingFeatureCache,
     device: torch.device,
-    collect: list[torch.Tensor] | None = None,
+    collect: RowsByKey | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Scale of the training features and the number of images it was measured on.
 
     One pass over ``trainer``'s training batches through ``features`` (pre-processed as in training). With the
     feature cache active this pass *is* the cache's first pass (the first epoch then reads from the cache), so
     it costs nothing extra; without it, at most :data:`UNCACHED_SCALE_IMAGES` images are used. ``collect``, when
-    given, receives the features ``(N, D, h, w)`` of all ranks' images, each image once (for fits that need them all).
+    given, receives each batch's features ``(n, D, h, w)`` with their image keys (read back once per image, over all
+    ranks, for fits that need them all).
     """
     transform = getattr(pre_processor, "transform", None)
     limit = None if features.active else UNCACHED_SCALE_IMAGES
@@ -45,15 +46,11 @@ def measure_feature_scale(
             batch_features = features(images, batch.image_path)
             moments.update(batch_features, batch.image_path)
             if collect is not None:
-                collect.append(batch_features.float())
+                collect.add(batch_features.float(), moments.keys[-len(batch_features) :])
             if limit is not None and moments.images >= limit:
                 break
     finally:
         restore_rng_state(rng_state)
-    if collect is not None and collect:
-        # Under DDP a collective (every rank has batches): all ranks then fit the same thing.
-        _, (everything,) = gather_by_key(moments.keys, torch.cat(collect))
-        collect[:] = [everything.cpu()]
     # Under DDP every rank reaches this line: the totals are gathered over all ranks' images, each once.
     return moments.scale(), moments.images
 
