@@ -5,7 +5,7 @@ teacher's own features, far more cheaply, and better than the same student train
 deployment variants, tables). Modules: ``settings`` (model kinds and the arguments of the settings named in
 ``configs/study.yaml``), ``teacher_reference`` (the frozen teacher as a Mahalanobis detector), ``training`` (one
 setting's fit), ``cost`` (latency, size, quantization), ``clusters`` (DBSCAN via :mod:`..callbacks`), ``figures``,
-``report`` and ``run`` (the orchestration).
+``report``, ``run`` (the orchestration) and ``merge`` (one report from runs split per category).
 """
 
 from .run import StudyConfig, run_study
