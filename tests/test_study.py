@@ -1,10 +1,9 @@
-"""The distillation study end to end at tiny size, and its parts (teacher reference, thresholds, settings)."""
+"""The distillation study's parts: teacher reference, thresholds, settings, FLOPs, options (the whole study at
+tiny size: ``test_study_run.py``)."""
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,121 +11,35 @@ import pytest
 import timm
 import torch
 
-from anomalib_simplenet.study import cli
 from anomalib_simplenet.lab.fit import overfitting_note
-from anomalib_simplenet.lab.report import fmt
+from anomalib_simplenet.lab.flops import forward_flops
 from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
 from anomalib_simplenet.lab.settings import Setting
+from anomalib_simplenet.study import cli
 from anomalib_simplenet.study.settings import model_class, resolve_init_args, study_settings
 from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 
 from .conftest import REPO_ROOT
 
 
-def _table(markdown: str, first_header: str) -> list[list[str]]:
-    """Rows (cells) of the Markdown table whose header starts with ``| first_header |``."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
-    return rows
+def test_flops_of_a_convolution_and_a_linear_layer_follow_the_formula() -> None:
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    # A multiply-add counts as 2 FLOPs: 2 × C_out × C_in × k × k per output position (bias not counted).
+    assert forward_flops(conv, (16, 20)) == 2 * 8 * 3 * 3 * 3 * 16 * 20
+    strided = torch.nn.Sequential(torch.nn.Conv2d(3, 4, kernel_size=2, stride=2), torch.nn.Flatten(),
+                                  torch.nn.Linear(4 * 8 * 8, 5))
+    assert forward_flops(strided, (16, 16)) == 2 * 4 * 3 * 2 * 2 * 8 * 8 + 2 * 4 * 8 * 8 * 5
+    strided.train()
+    forward_flops(strided, (16, 16))
+    assert strided.training  # the mode is restored
+    with pytest.raises(ValueError, match="input_size"):
+        forward_flops(conv, (0, 16))
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Two generated categories, two settings per model, one epoch, random teacher (plumbing only)."""
-    out = tmp_path_factory.mktemp("study")
-    empty_root = tmp_path_factory.mktemp("no_data")  # categories missing here are generated
-    status = cli.main([
-        "--out", str(out), "--categories", "synth_a", "synth_b", "--data-root", str(empty_root),
-        "--settings", str(REPO_ROOT / "configs" / "study.yaml"), "--teacher", "resnet18", "--random-teacher",
-        "--image-size", "64", "--max-train", "12", "--max-test", "18", "--max-epochs", "1",
-        "--settings-per-model", "2", "--batch-size", "8", "--quantize-top", "1", "--throughput-seconds", "0.1",
-        "--dbscan-min-samples", "3", "--threads", "1",
-    ])
-    assert status == 0
-    return out, json.loads((out / "results.json").read_text())
-
-
-@pytest.mark.slow  # runs a whole small study (module fixture)
-def test_every_model_kind_is_fitted_per_category_and_on_all_categories(study: tuple[Path, dict]) -> None:
-    _, results = study
-    fitted = {(r["scope"], r["kind"]) for r in results["runs"] if r["status"] == "ok"}
-    for scope in ("synth_a", "synth_b"):
-        assert {(scope, k) for k in ("teacher", "scratch", "distill", "unet_ae")} <= fitted
-    assert {("all", "scratch"), ("all", "distill")} <= fitted
-    assert ("all", "teacher") not in fitted
-    assert len(results["runs"]) == 2 * 8 + 4  # two settings of 4 kinds per category, 2 of 2 kinds on all
-    trained = [r for r in results["runs"] if r["kind"] != "teacher"]
-    assert all(r["epochs"] == 1 and math.isfinite(r["best_val_loss"]) for r in trained)
-
-
-@pytest.mark.slow  # runs a whole small study (module fixture)
-def test_chosen_setting_is_the_best_on_validation_never_test(study: tuple[Path, dict]) -> None:
-    _, results = study
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in results["runs"]:
-        groups.setdefault((run["scope"], run["kind"]), []).append(run)
-    for runs in groups.values():
-        chosen = [r for r in runs if r["chosen"]]
-        assert len(chosen) == 1
-        assert chosen[0]["selection_val_image_auroc"] == max(r["selection_val_image_auroc"] for r in runs)
-        for row in (m for m in results["main"] if m["scope"] == chosen[0]["scope"] and m["kind"] == chosen[0]["kind"]):
-            assert row["setting"] == chosen[0]["setting"]
-            assert row["image_auroc"] == chosen[0]["metrics"][row["category"]]["image_auroc"]
-
-
-@pytest.mark.slow  # runs a whole small study (module fixture)
-def test_report_tables_come_from_the_run(study: tuple[Path, dict]) -> None:
-    out, results = study
-    report = (out / "report.md").read_text()
-    main = _table(report, "category")
-    assert len(main) == len(results["main"]) == 2 * 4 + 2 * 2
-    for cells, row in zip(main, results["main"], strict=True):
-        assert cells[0] == row["category"] and cells[3] == row["setting"]
-        # Raw-score metrics first, each with its normalised twin and the difference beside it.
-        assert cells[4:6] == [fmt(row["val_image_auroc"]), fmt(row["image_auroc"])]
-        assert cells[6] == fmt(row["image_auroc_normalised"]) and cells[8] == fmt(row["pixel_auroc"])
-        assert cells[9] == fmt(row["pixel_auroc_normalised"])
-        assert cells[11] == f"{fmt(row['adaptive_f1'])} ({fmt(row['adaptive_false_alarm_rate'], '.3f')})"
-    cost = _table(report, "model")
-    assert [c[0] for c in cost] == [c["label"] for c in results["cost"]]
-    for cells, entry in zip(cost, results["cost"], strict=True):
-        torch_fp32 = entry["records"][0]
-        assert torch_fp32["variant"] == "torch FP32" and torch_fp32["status"] == "ok"
-        assert cells[1] == f"{entry['parameters']:,}"
-        assert cells[3].startswith(fmt(torch_fp32["latency_ms_median"], ".2f"))
-    quantized = [c for c in results["cost"] if c["quantized"]]
-    assert len(quantized) == 1
-    variants = [r["variant"] for r in quantized[0]["records"]]
-    assert variants == ["torch FP32", "OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8", "OpenVINO INT8_PTQ"]
-    outcome = _table(report, "check")
-    assert [c[0] for c in outcome] == [c["check"] for c in results["hypothesis"]]
-    assert [c[2] for c in outcome] == [fmt(c["value"], ".2f") for c in results["hypothesis"]]
-    assert "RANDOM weights" in report
-
-
-@pytest.mark.slow  # runs a whole small study (module fixture)
-def test_run_folder_keeps_every_step(study: tuple[Path, dict]) -> None:
-    out, results = study
-    for run in results["runs"]:
-        if run["kind"] != "teacher":
-            assert (Path(run["run_dir"]) / "history.csv").is_file()
-            assert (Path(run["run_dir"]) / "loss_curve.png").is_file()
-            assert run["overfitting"] == "one epoch only: no trend to read; checkpoint of epoch 1 kept"
-    for category in ("synth_a", "synth_b"):
-        assert (out / "figures" / f"roc_{category}.png").is_file()
-        assert (out / "figures" / f"reconstructions_{category}.png").is_file()
-    assert set(results["dbscan"]) >= {"pca", "tsne"}
-    for space in ("pca", "tsne"):
-        assert 0 <= results["dbscan"][space]["metrics"]["f1"] <= 1
-        assert (out / "dbscan" / space / f"dbscan_{space}.png").is_file()
-    html = (out / "report.html").read_text()
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]*)"', html)
-    assert len(images) == (out / "report.md").read_text().count("![") and all(images)
+def test_teacher_option_is_an_alias_of_teachers() -> None:
+    assert cli.parser().parse_args(["--out", "x", "--teacher", "inception_v3"]).teachers == ["inception_v3"]
+    two = cli.parser().parse_args(["--out", "x", "--teachers", "inception_v3", "efficientnet_lite0"])
+    assert two.teachers == ["inception_v3", "efficientnet_lite0"]
 
 
 def test_teacher_reference_scores_a_changed_image_higher() -> None:
@@ -207,13 +120,14 @@ def test_settings_read_the_overlays_and_pass_the_teacher(tmp_path: Path) -> None
 def test_outcome_says_not_measured_when_a_model_is_missing() -> None:
     from anomalib_simplenet.study.report import hypothesis_checks
 
-    teacher = {"category": "c", "scope": "c", "kind": "teacher", "image_auroc": 0.9}
-    scratch = {**teacher, "kind": "scratch", "image_auroc": 0.7}
-    results = {"main_category": "c", "main": [teacher, scratch], "cost": [], "dbscan": {}}
+    teacher = {"category": "c", "scope": "c", "kind": "teacher", "teacher": "t0", "image_auroc": 0.9}
+    scratch = {**teacher, "kind": "scratch", "teacher": None, "image_auroc": 0.7}
+    results = {"main_category": "c", "main": [teacher, scratch], "cost": [], "dbscan": {},
+               "context": {"teachers": ["t0"]}}
     checks = {c["check"]: c for c in hypothesis_checks(results)}
-    gap = checks["distilled student vs teacher-feature reference (image AUROC, points)"]
+    gap = checks["t0: distilled student vs teacher-feature reference (image AUROC, points)"]
     assert gap["met"] is None and gap["value"] is None and "not run" in gap["detail"]
-    assert checks["CPU latency ratio teacher / distilled (torch FP32, batch 1, median)"]["met"] is None
+    assert checks["t0: CPU latency ratio teacher / distilled (torch FP32, batch 1, median)"]["met"] is None
     assert checks["INT8_PTQ of the best model"]["met"] is None
 
 

@@ -4,7 +4,8 @@ the same student trained from scratch?
 
 ``python -m anomalib_simplenet.study --help``. A layer on :mod:`anomalib_simplenet.lab`. Modules: ``settings`` (model
 kinds, arguments of the settings in ``configs/study.yaml``), ``training`` (one setting's fit), ``cost`` (latency,
-size, quantization), ``clusters`` (DBSCAN), ``figures``, ``report`` and ``run`` (the orchestration).
+size, FLOPs, quantization), ``clusters`` (DBSCAN), ``figures``, ``report``, ``run`` (the orchestration) and
+``merge`` (one report from runs split per category).
 """
 
 from anomalib_simplenet.models import TeacherMahalanobis

@@ -13,8 +13,6 @@ from anomalib_simplenet.lab.data import images_by_label
 from anomalib_simplenet.lab.figures import loss_figure, roc_figure
 from anomalib_simplenet.models.unet_ae import save_reconstructions
 
-from .settings import KIND_TITLES
-
 if TYPE_CHECKING:
     from .run import Candidate
 
@@ -28,11 +26,11 @@ def write_all(
     for category in datamodules:
         curves = {}
         for scope, best in chosen.items():
-            for kind, candidate in best.items():
+            for candidate in best.values():
                 if category in candidate.roc:
                     fpr, tpr = candidate.roc[category]
                     suffix = " [all categories]" if scope != category else ""
-                    label = f"{KIND_TITLES[kind]}{suffix}"
+                    label = f"{candidate.title}{suffix}"
                     curves[label] = (fpr, tpr, candidate.metrics[category]["image_auroc"])
         if curves:
             files[f"ROC {category}"] = roc_figure(curves, folder / f"roc_{category}.png", f"test ROC, {category}")
@@ -40,11 +38,11 @@ def write_all(
     for candidate in candidates:
         history = candidate.fit.history
         if history and any(row["val_loss"] == row["val_loss"] for row in history):
-            groups.setdefault((candidate.scope, candidate.setting.kind), {})[candidate.setting.name] = history
-    for (scope, kind), histories in groups.items():
-        path = folder / f"loss_{scope}_{kind}.png"
-        loss_figure(histories, title=f"{scope}: {KIND_TITLES[kind]}").savefig(path, dpi=80)
-        files[f"loss curves {scope} {kind}"] = path
+            groups.setdefault((candidate.scope, candidate.key, candidate.title), {})[candidate.setting.name] = history
+    for (scope, key, title), histories in groups.items():
+        path = folder / f"loss_{scope}_{key}.png"
+        loss_figure(histories, title=f"{scope}: {title}").savefig(path, dpi=80)
+        files[f"loss curves {scope} {key}"] = path
     for category, datamodule in datamodules.items():
         candidate = chosen.get(category, {}).get("unet_ae")
         if candidate is not None and candidate.fit.model is not None:

@@ -1,9 +1,15 @@
 """The study, step by step: data → every setting fitted per category (and on all categories) → chosen settings →
-metrics and ROC curves → cost and quantization → DBSCAN → report. Everything lands in one run folder."""
+metrics and ROC curves → cost and quantization → DBSCAN → report. Everything lands in one run folder.
+
+The kinds that use a pretrained network (``teacher``, ``distill``) are fitted once per teacher network; the first
+teacher is the one the hypothesis is about. A run too long for one session is split (one category per run, the
+all-categories classifier as its own run with ``per_category=False``) and merged by :mod:`.merge`.
+"""
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -26,10 +32,11 @@ from . import figures
 from .clusters import run_dbscan
 from .cost import measure_model
 from .report import hypothesis_checks, write_report
-from .settings import KINDS, resolve_init_args, study_settings
+from .settings import KIND_TITLES, KINDS, resolve_init_args, study_settings
 from .training import fit_setting, weights_line
 
 ALL = "all"  # scope of the models trained on all categories at once
+TEACHER_KINDS = ("teacher", "distill")  # kinds fitted once per teacher network
 
 
 @dataclass
@@ -42,7 +49,7 @@ class StudyConfig:
     settings_file: Path = Path("configs/study.yaml")
     kinds: Sequence[str] = KINDS
     per_kind: int | None = None
-    teacher: str = "efficientnet_lite0"
+    teachers: Sequence[str] = ("efficientnet_lite0",)
     random_teacher: bool = False
     image_size: int = 256
     max_train: int | None = None
@@ -56,6 +63,7 @@ class StudyConfig:
     throughput_seconds: float = 3.0
     dbscan_min_samples: int = 5
     all_categories: bool = True
+    per_category: bool = True
     seed: int = 42
     command: str = ""
 
@@ -75,6 +83,23 @@ class Candidate:
     weights: str = ""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     roc: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    teacher: str | None = None  # the teacher network of kinds that use one
+    wall_s: float = math.nan  # fit and evaluation
+
+    @property
+    def key(self) -> str:
+        """Which model this is a setting of: the kind, with its teacher network (``distill@inception_v3``)."""
+        return f"{self.setting.kind}@{self.teacher}" if self.teacher else self.setting.kind
+
+    @property
+    def label(self) -> str:
+        """``distill/lr1e-3 (inception_v3)``."""
+        return f"{self.setting.label} ({self.teacher})" if self.teacher else self.setting.label
+
+    @property
+    def title(self) -> str:
+        """``DistillClassifier distilled (inception_v3)``."""
+        return f"{KIND_TITLES[self.setting.kind]} ({self.teacher})" if self.teacher else KIND_TITLES[self.setting.kind]
 
     @property
     def selection_score(self) -> float:
@@ -97,34 +122,40 @@ def _fit_scope(
     config: StudyConfig, settings: list[Setting], scope: str, datamodule: Any, evaluated_on: dict[str, Any],
     root: Path, categories: Sequence[str] | None,
 ) -> tuple[list[Candidate], dict[str, Candidate]]:
-    """Fit every setting in one scope; keep only the best model of each kind (by validation image AUROC)."""
+    """Fit every setting in one scope (those of teacher kinds once per teacher); keep only the best model of each
+    kind and teacher (by validation image AUROC)."""
     candidates: list[Candidate] = []
     best: dict[str, Candidate] = {}
-    for index, setting in enumerate(settings, 1):
-        _step(f"{scope}: setting {index}/{len(settings)} {setting.label}")
-        run_dir = root / "runs" / scope / setting.kind / setting.name
+    plan = [(s, t) for s in settings for t in (config.teachers if s.kind in TEACHER_KINDS else [None])]
+    for index, (setting, teacher) in enumerate(plan, 1):
+        candidate = Candidate(setting, scope, {}, FitResult(setting.label, Path()), teacher=teacher)
+        _step(f"{scope}: setting {index}/{len(plan)} {candidate.label}")
+        run_dir = root / "runs" / scope / candidate.key / setting.name
         try:
-            init_args = resolve_init_args(setting, config.image_size, config.teacher, not config.random_teacher,
-                                          categories)
+            candidate.init_args = resolve_init_args(setting, config.image_size, teacher or config.teachers[0],
+                                                    not config.random_teacher, categories)
         except ValueError as error:
-            fit = FitResult(setting.label, run_dir, status="failed", error=str(error))
-            print(f"[study] {scope} {setting.label} FAILED: {error}", flush=True)
-            candidates.append(Candidate(setting, scope, {}, fit))
+            candidate.fit = FitResult(candidate.label, run_dir, status="failed", error=str(error))
+            print(f"[study] {scope} {candidate.label} FAILED: {error}", flush=True)
+            candidates.append(candidate)
             continue
-        fit = fit_setting(setting, init_args, scope, datamodule, run_dir, config.max_epochs, config.patience,
-                          config.seed)
-        candidate = Candidate(setting, scope, init_args, fit, weights_line(fit.model))
+        started = time.time()
+        fit = candidate.fit = fit_setting(setting, candidate.init_args, scope, datamodule, run_dir, config.max_epochs,
+                                          config.patience, config.seed)
+        candidate.weights = weights_line(fit.model)
         candidates.append(candidate)
         if fit.status == "ok":
             _evaluate(candidate, evaluated_on, config.percentile)
+            candidate.wall_s = time.time() - started
             shown = ", ".join(f"{c} val {m['val_image_auroc']:.3f} test {m['image_auroc']:.3f}"
                               for c, m in candidate.metrics.items())
-            print(f"[study] {scope} {setting.label}: image AUROC {shown}", flush=True)
-            incumbent = best.get(setting.kind)
+            print(f"[study] {scope} {candidate.label}: image AUROC {shown} ({candidate.wall_s:.0f} s with "
+                  "evaluation)", flush=True)
+            incumbent = best.get(candidate.key)
             if incumbent is None or candidate.selection_score > incumbent.selection_score:
                 if incumbent is not None:
                     incumbent.fit.model = None
-                best[setting.kind] = candidate
+                best[candidate.key] = candidate
             else:
                 fit.model = None
         gc.collect()
@@ -134,9 +165,10 @@ def _fit_scope(
 def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
     fit = candidate.fit
     return {
-        "kind": candidate.setting.kind, "setting": candidate.setting.name, "scope": candidate.scope,
+        "kind": candidate.setting.kind, "teacher": candidate.teacher, "title": candidate.title,
+        "setting": candidate.setting.name, "scope": candidate.scope,
         "status": fit.status, "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
-        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "weights": candidate.weights, "chosen": chosen,
+        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "wall_s": candidate.wall_s, "weights": candidate.weights, "chosen": chosen,
         "selection_val_image_auroc": candidate.selection_score if candidate.metrics else math.nan,
         "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
         "init_args": {k: v for k, v in candidate.init_args.items() if k != "categories"},
@@ -161,7 +193,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     candidates: list[Candidate] = []
     chosen: dict[str, dict[str, Candidate]] = {}
-    for category, datamodule in datamodules.items():
+    for category, datamodule in datamodules.items() if config.per_category else ():
         found, best = _fit_scope(config, settings, category, datamodule, {category: datamodule}, out, None)
         candidates += found
         chosen[category] = best
@@ -175,8 +207,9 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     chosen_ids = {id(c) for best in chosen.values() for c in best.values()}
     runs = [_run_record(c, id(c) in chosen_ids) for c in candidates]
     main = [
-        {"category": category, "scope": scope, "kind": kind, "setting": c.setting.name, **c.metrics[category]}
-        for scope, best in chosen.items() for kind, c in best.items() for category in c.metrics
+        {"category": category, "scope": scope, "kind": c.setting.kind, "teacher": c.teacher, "title": c.title,
+         "setting": c.setting.name, **c.metrics[category]}
+        for scope, best in chosen.items() for c in best.values() for category in c.metrics
     ]
     _step("figures: ROC curves, loss curves, reconstructions")
     figure_files = figures.write_all(out / "figures", chosen, candidates, datamodules)
@@ -185,42 +218,50 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     on_main = sorted(chosen.get(main_category, {}).values(), key=lambda c: c.selection_score, reverse=True)
     cost: list[dict[str, Any]] = []
     for rank, candidate in enumerate(on_main):
-        label = candidate.setting.label
+        label = candidate.label
         quantize = rank < config.quantize_top
         _step(f"cost of {label} on {main_category}" + (" (with OpenVINO variants)" if quantize else ""))
         result = measure_model(label, candidate.fit.model, datamodules[main_category],
-                               out / "exports" / candidate.setting.kind, quantize, config.threads,
+                               out / "exports" / candidate.key, quantize, config.threads,
                                config.throughput_seconds)
-        cost.append({"label": label, "kind": candidate.setting.kind, "parameters": result.parameters,
+        cost.append({"label": label, "kind": candidate.setting.kind, "teacher": candidate.teacher,
+                     "parameters": result.parameters, "flops": result.flops, "batch_size": result.batch_size,
                      "quantized": quantize, "records": result.records})
         if quantize:
             figure_files[f"quantization {label}"] = plot_report(
-                result.records, out / "figures" / f"quantization_{candidate.setting.kind}.png", label)
+                result.records, out / "figures" / f"quantization_{candidate.key}.png", label)
 
     dbscan: dict[str, Any] = {}
     if on_main:
         best = on_main[0]
-        _step(f"DBSCAN on the embeddings of {best.setting.label} ({main_category})")
+        _step(f"DBSCAN on the embeddings of {best.label} ({main_category})")
         try:
-            dbscan = {"model": best.setting.label, "category": main_category,
+            dbscan = {"model": best.label, "category": main_category,
                       **run_dbscan(best.fit.model, datamodules[main_category], out / "dbscan",
                                    config.dbscan_min_samples, config.seed)}
         except Exception as error:  # noqa: BLE001 - the report says it failed
-            dbscan = {"model": best.setting.label, "category": main_category, "error": repr(error)}
+            dbscan = {"model": best.label, "category": main_category, "error": repr(error)}
 
     context = {
         "command": config.command, "categories": list(config.categories), "data": data_notes,
-        "teacher": config.teacher + (" (RANDOM weights: plumbing only)" if config.random_teacher else ""),
+        "teachers": list(config.teachers),
+        "teacher_weights": "RANDOM weights: plumbing only" if config.random_teacher else "pretrained",
+        "settings_sha256": hashlib.sha256(Path(config.settings_file).read_bytes()).hexdigest(),
         "weights": sorted({r["weights"] for r in runs if r["weights"]}),
         "image_size": config.image_size, "max_epochs": config.max_epochs, "patience": config.patience,
         "percentile": config.percentile, "threads": config.threads, "seed": config.seed,
         "config": {k: str(v) for k, v in asdict(config).items()},
     }
     results = {"context": context, "runs": runs, "main": main, "cost": cost, "dbscan": dbscan,
-               "main_category": main_category}
-    results["hypothesis"] = hypothesis_checks(results)
+               "main_category": main_category, "figures": {k: str(v) for k, v in figure_files.items()}}
     context["wall_time_s"] = round(time.time() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths = write_report(results, figure_files, out)
+    paths = finish(results, out)
     _step(f"report: {', '.join(str(p) for p in paths)} (wall time {context['wall_time_s']:.0f} s)")
     return results
+
+
+def finish(results: dict[str, Any], out: Path) -> list[Path]:
+    """Add the hypothesis checks; write ``results.json``, ``report.md`` and ``report.html`` into ``out``."""
+    results["hypothesis"] = hypothesis_checks(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return write_report(results, {k: Path(v) for k, v in results["figures"].items()}, out)
