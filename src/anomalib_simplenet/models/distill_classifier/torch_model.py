@@ -10,6 +10,7 @@ Gaussians are part of this module, so inference and export never touch the teach
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -121,10 +122,16 @@ class DistillClassifierModel(nn.Module):
         register_geometry(self, naive_geometry([STAGE_STRIDES[stage] for stage in self.map_layers]))
         self.grid_geometry[:, 0] = 0.0
         # Measured on the student at its first fit and kept for the refits after later epochs: the probe costs
-        # about as much as a pass over a small training set. A loaded checkpoint brings its own; a new fit remeasures.
+        # about as much as a pass over a small training set. A checkpoint saved after that fit brings it along, so
+        # a resumed fit keeps it too (and resumes to the uninterrupted run's thresholds).
         self.geometry_measured = False
         # Image score below which this percentile of held-out normal training images falls (NaN until fitted).
         self.register_buffer("percentile_threshold", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # Offsets are exactly 0 only until the first measurement.
+        self.geometry_measured = bool(self.grid_geometry[:, 0].any())
 
     def set_categories(self, categories: Sequence[str], num_classes: int) -> None:
         """Name the categories; rebuild the head and the Gaussians if their sizes change."""
