@@ -321,6 +321,9 @@ def test_grid_geometry_is_measured_at_the_first_fit_only(monkeypatch: pytest.Mon
     reloaded = DistillClassifierModel(image_size=32)
     reloaded.load_state_dict(model.state_dict())  # checkpoints carry the measurement
     torch.testing.assert_close(reloaded.grid_geometry, measured)
+    monkeypatch.setattr(reloaded, "measure_grid_geometry", lambda: pytest.fail("a loaded geometry measured again"))
+    reloaded.fit(*fit)
+    torch.testing.assert_close(reloaded.grid_geometry, measured)
 
 
 def test_several_categories_are_scored_against_the_nearest_gaussian() -> None:

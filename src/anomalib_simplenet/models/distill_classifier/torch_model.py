@@ -10,7 +10,6 @@ Gaussians are part of this module, so inference and export never touch the teach
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -120,18 +119,10 @@ class DistillClassifierModel(nn.Module):
         self.grid_alignment = grid_alignment
         # Until the first fit: the positions of an untrained ResNet (zero padding: cell i at pixel s·i).
         register_geometry(self, naive_geometry([STAGE_STRIDES[stage] for stage in self.map_layers]))
+        # All offsets exactly 0 mark "not measured yet" (a measurement is never exactly 0 on every layer and axis).
         self.grid_geometry[:, 0] = 0.0
-        # Measured on the student at its first fit and kept for the refits after later epochs: the probe costs
-        # about as much as a pass over a small training set. A checkpoint saved after that fit brings it along, so
-        # a resumed fit keeps it too (and resumes to the uninterrupted run's thresholds).
-        self.geometry_measured = False
         # Image score below which this percentile of held-out normal training images falls (NaN until fitted).
         self.register_buffer("percentile_threshold", torch.tensor(float("nan")))
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        # Offsets are exactly 0 only until the first measurement.
-        self.geometry_measured = bool(self.grid_geometry[:, 0].any())
 
     def set_categories(self, categories: Sequence[str], num_classes: int) -> None:
         """Name the categories; rebuild the head and the Gaussians if their sizes change."""
@@ -180,9 +171,10 @@ class DistillClassifierModel(nn.Module):
                 threshold, the ``percentile``-th percentile (0–100) of their image scores.
         """
         self.check_grid(features)
-        if self.grid_alignment and not self.geometry_measured:
+        # Measured on the student at its first fit and kept for the refits after later epochs (the probe costs
+        # about a pass over a small training set); a checkpoint carries it, so a resumed fit keeps it too.
+        if self.grid_alignment and not self.grid_geometry[:, 0].any():
             self.grid_geometry.copy_(self.measure_grid_geometry())
-            self.geometry_measured = True
         for index, (name, gaussians) in enumerate(zip(self.categories, self.gaussians, strict=True)):
             selected = (category_index == index) & fit_mask
             if int(selected.sum()) < 2:
