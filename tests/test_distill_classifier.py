@@ -16,7 +16,6 @@ from anomalib_simplenet import DistillClassifier
 from anomalib_simplenet.models.distill_classifier.fitting import holdout_mask
 from anomalib_simplenet.models.distill_classifier.loss import FeatureDistillationLoss, SoftLabelDistillationLoss
 from anomalib_simplenet.models.distill_classifier.networks import Student, stage_grid
-from anomalib_simplenet.models.distill_classifier.teacher import Teacher
 from anomalib_simplenet.models.distill_classifier.tasks import (
     TRANSFORMS,
     apply_transforms,
@@ -24,6 +23,7 @@ from anomalib_simplenet.models.distill_classifier.tasks import (
     fixed_transform_labels,
     random_transform_labels,
 )
+from anomalib_simplenet.models.distill_classifier.teacher import Teacher
 from anomalib_simplenet.models.distill_classifier.torch_model import DistillClassifierModel
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

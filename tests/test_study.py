@@ -15,9 +15,9 @@ from anomalib_simplenet.lab.fit import overfitting_note
 from anomalib_simplenet.lab.flops import forward_flops
 from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
 from anomalib_simplenet.lab.settings import Setting
+from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 from anomalib_simplenet.study import cli
 from anomalib_simplenet.study.settings import model_class, resolve_init_args, study_settings
-from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 
 from .conftest import REPO_ROOT
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
+from matplotlib.figure import Figure
 from PIL import Image
 
 from anomalib_simplenet.lab.data import images_by_label, make_synthetic_mvtec, subset

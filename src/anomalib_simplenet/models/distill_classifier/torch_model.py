@@ -22,7 +22,6 @@ from anomalib_simplenet.components.pre_processing import as_size
 from .anomaly_map import AnomalyMapGenerator
 from .networks import EMBEDDING_DIM, STAGE_CHANNELS, STAGES, Student, StudentFeatures, StudentOutput, stage_grid
 
-
 IMAGE_SCORES = ("embedding", "map_max")
 STAGE_STRIDES = {"conv2_x": 4, "conv3_x": 8}
 
