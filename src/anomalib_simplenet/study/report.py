@@ -26,7 +26,9 @@ def _aurocs(results: Mapping[str, Any], kind: str, teacher: str | None, on_all: 
             and r.get("teacher") == teacher and (r["scope"] == "all") == on_all}
 
 
-def _compare(ours: Mapping[str, float], theirs: Mapping[str, float], names: tuple[str, str]) -> tuple[float | None, str]:
+def _compare(
+    ours: Mapping[str, float], theirs: Mapping[str, float], names: tuple[str, str]
+) -> tuple[float | None, str]:
     """Difference of the mean image AUROCs in points over the categories both have, and its detail."""
     common = [c for c in ours if c in theirs]
     if not common:
@@ -36,7 +38,8 @@ def _compare(ours: Mapping[str, float], theirs: Mapping[str, float], names: tupl
                                   f"categor{'y' if len(common) == 1 else 'ies'}: {', '.join(common)})")
 
 
-def _torch_record(results: Mapping[str, Any], kind: str, teacher: str | None) -> dict[str, Any] | None:
+def _cost_entry(results: Mapping[str, Any], kind: str, teacher: str | None) -> dict[str, Any] | None:
+    """The cost entry (parameters, FLOPs, measured variants) of the chosen model of ``kind`` and ``teacher``."""
     return next((c for c in results["cost"] if c["kind"] == kind and c.get("teacher") == teacher), None)
 
 
@@ -62,7 +65,7 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                                ("distilled", "teacher"))
         checks.append(_check(f"{teacher}: distilled student vs teacher-feature reference (image AUROC, points)",
                              "≥ −2", gap, None if gap is None else gap >= TARGETS["accuracy_gap_pts"], detail))
-        t_cost, d_cost = _torch_record(results, "teacher", teacher), _torch_record(results, "distill", teacher)
+        t_cost, d_cost = _cost_entry(results, "teacher", teacher), _cost_entry(results, "distill", teacher)
         if t_cost and d_cost:
             (t_rec, t_par), (d_rec, d_par) = ((c["records"][0], c["parameters"]) for c in (t_cost, d_cost))
             latency = t_rec["latency_ms_median"] / d_rec["latency_ms_median"] if d_rec["latency_ms_median"] else None
@@ -77,8 +80,8 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check(f"{teacher}: CPU latency ratio teacher / distilled (torch FP32, batch 1, median)",
                              "≥ 3×", latency, None if latency is None else latency >= TARGETS["latency_ratio"], detail))
         for on_all, label in ((False, "per category"), (True, "all categories")):
-            gain, detail = _compare(_aurocs(results, "distill", teacher, on_all), _aurocs(results, "scratch", None, on_all),
-                                    ("distilled", "scratch"))
+            distilled, scratch = _aurocs(results, "distill", teacher, on_all), _aurocs(results, "scratch", None, on_all)
+            gain, detail = _compare(distilled, scratch, ("distilled", "scratch"))
             if on_all and gain is None:
                 continue
             checks.append(_check(f"{teacher}: distilled − scratch, image AUROC points ({label})", "≥ +3", gain,
