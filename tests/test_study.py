@@ -17,7 +17,8 @@ from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, p
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 from anomalib_simplenet.study import cli
-from anomalib_simplenet.study.settings import model_class, resolve_init_args, study_settings
+from anomalib_simplenet.study.run import mask_contrast
+from anomalib_simplenet.study.settings import KIND_CLASSES, KIND_TITLES, model_class, resolve_init_args, study_settings
 
 from .conftest import REPO_ROOT
 
@@ -82,6 +83,17 @@ def test_thresholds_are_fixed_on_validation_and_report_false_alarms() -> None:
     assert metrics["adaptive_false_alarm_rate"] == 0.0
 
 
+def test_mask_contrast_averages_the_map_inside_and_outside_the_defects() -> None:
+    maps = np.zeros((3, 2, 2), np.float32)
+    maps[1] = [[4.0, 1.0], [1.0, 1.0]]
+    maps[2] = [[9.0, 9.0], [9.0, 9.0]]  # a normal image: not counted
+    masks = np.zeros((3, 2, 2), bool)
+    masks[1, 0, 0] = True
+    test = Predictions(np.zeros(3), np.array([0, 1, 0]), maps, masks)
+    assert mask_contrast(test) == {"map_in_mask": 4.0, "map_outside_mask": 1.0}
+    assert all(math.isnan(v) for v in mask_contrast(Predictions(np.zeros(3), np.array([0, 1, 0]), maps, None)).values())
+
+
 def test_overfitting_note_reads_the_curves() -> None:
     rising = [{"epoch": e, "train_loss": 1 / e, "val_loss": v} for e, v in enumerate([1.0, 0.5, 0.6, 0.7], 1)]
     assert overfitting_note(rising, 2).startswith("over-fits after epoch 2")
@@ -100,6 +112,13 @@ def test_settings_read_the_overlays_and_pass_the_teacher(tmp_path: Path) -> None
     for setting in settings:  # every setting builds its model (random weights: construction only)
         model = model_class(setting.kind)(**resolve_init_args(setting, 64, "resnet18", False, None))
         assert model.input_size == (64, 64)
+    for setting in study_settings(REPO_ROOT / "configs" / "study_magnetic_tile.yaml", list(KIND_TITLES)):
+        model = model_class(setting.kind)(**resolve_init_args(setting, 64, "efficientnet_lite0", False, None))
+        assert model.input_size == (64, 64) and type(model).__name__ == KIND_CLASSES[setting.kind]
+    simplenet = resolve_init_args(Setting("x", kind="simplenet"), 64, "efficientnet_lite1", True)
+    assert simplenet == {"image_size": 64, "backbone": "efficientnet_lite1", "pre_trained": True}
+    with pytest.raises(ValueError, match="unknown kind"):
+        study_settings(REPO_ROOT / "configs" / "study.yaml", ["no_such_kind"])
     teacher = next(s for s in settings if s.kind == "teacher")
     args = resolve_init_args(teacher, 96, "efficientnet_lite0", pre_trained=True)
     assert args["backbone"] == "efficientnet_lite0" and args["image_size"] == 96 and args["pre_trained"]

@@ -1,21 +1,20 @@
-"""Helpers that keep the notebooks short: data set-up, raw scores, image grids, and the distillation study's
+"""Helpers that keep the notebooks short: data set-up, image grids, score histograms, and the distillation study's
 comparison at small size (fitted, scored and measured by the study's own functions)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.models import AnomalibModule
 from matplotlib.figure import Figure
 from PIL import Image
 
-from anomalib_simplenet.lab.data import images_by_label, make_synthetic_mvtec, subset
+from anomalib_simplenet.lab.data import make_synthetic_mvtec, subset
 from anomalib_simplenet.lab.scores import evaluate, predict
 
 DATASETS = ("synthetic", "magnetic_tile")
@@ -26,17 +25,16 @@ def prepare_data(
 ) -> tuple[Path, str]:
     """``(root, category)`` of an MVTec-layout dataset: ``"synthetic"`` (generated under ``out/data``,
     ``image_size`` px, ``max(4, n_train // 3)`` test images per type) or ``"magnetic_tile"`` from ``data_root``
-    (``n_train=0``: the full set in place; else :func:`~anomalib_simplenet.lab.data.subset` of ``n_train`` training
-    and ``max(4, n_train // 4)`` test images per type under ``out/data``)."""
+    (``n_train=0``: the full set in place; else a subset of ``n_train`` training and ``max(4, n_train // 4)`` test
+    images per type under ``out/data``)."""
     if data not in DATASETS:
         msg = f"data must be one of {DATASETS}, got {data!r}"
         raise ValueError(msg)
-    target = Path(out) / "data"
+    target, source = Path(out) / "data", Path(data_root) / data
     if data == "synthetic":
         n_test = max(4, n_train // 3)
         make_synthetic_mvtec(target, image_size=image_size, n_train=n_train, n_test_good=n_test, n_test_defect=n_test)
         return target, "synthetic"
-    source = Path(data_root) / data
     if not (source / "train" / "good").is_dir():
         msg = f"data_root: no MVTec-layout {data!r} at {source} (expected {source / 'train' / 'good'})"
         raise FileNotFoundError(msg)
@@ -46,46 +44,27 @@ def prepare_data(
     return subset(Path(data_root), data, target, n_train, test_good=n_test, test_defects=n_test), data
 
 
-def raw_image_scores(model: AnomalibModule, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores before anomalib's normalisation (the model's own units, comparable with raw thresholds) and
-    ground-truth labels, for all images of ``batches`` (:func:`anomalib_simplenet.lab.scores.predict`)."""
-    predictions = predict(model, batches)
-    return predictions.scores, predictions.labels
-
-
-def pick_images(
-    batches: Iterable, n_anomalous: int = 3, n_normal: int = 2,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The first ``n_anomalous`` anomalous, then ``n_normal`` normal images of ``batches``, stacked (without a
-    ``transform`` to one size, images of different batches must have the same size)."""
-    normal, anomalous = images_by_label(batches, n_normal, n_anomalous, transform)
-    return torch.stack(anomalous + normal)
-
-
 def show_images(
     paths: Sequence[str | Path], titles: Sequence[str] | None = None, ncols: int = 1, width: float = 10
 ) -> Figure:
     """Image files in a grid (e.g. anomalib's visualiser output: image | mask | anomaly map | prediction)."""
-    nrows = max(1, -(-len(paths) // ncols))
     images = [Image.open(path) for path in paths]
-    aspect = images[0].height / images[0].width if images else 1.0
+    nrows, aspect = max(1, -(-len(paths) // ncols)), images[0].height / images[0].width if images else 1.0
     figure = Figure(figsize=(width, width / ncols * aspect * nrows), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(nrows, ncols)).ravel()
-    for index, axis in enumerate(axes):
+    for index, axis in enumerate(np.atleast_1d(figure.subplots(nrows, ncols)).ravel()):
         axis.axis("off")
         if index < len(images):
             axis.imshow(images[index])
-            axis.set_title(titles[index] if titles else Path(paths[index]).parent.name + "/" + Path(paths[index]).name,
+            axis.set_title(titles[index] if titles else f"{Path(paths[index]).parent.name}/{Path(paths[index]).name}",
                            fontsize="small")
     return figure
 
 
 def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: dict[str, float]) -> Figure:
-    """Per model: histogram of normal vs anomalous image scores and its threshold (a vertical line)."""
+    """Per model (``name → (scores, labels)``): histogram of normal vs anomalous image scores and its threshold."""
     figure = Figure(figsize=(5 * len(scores), 3.5), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(scores)))
-    for axis, (name, (values, labels)) in zip(axes, scores.items(), strict=True):
+    for axis, (name, (values, labels)) in zip(np.atleast_1d(figure.subplots(1, len(scores))), scores.items(),
+                                              strict=True):
         bins = np.histogram_bin_edges(values, bins=20)
         axis.hist(values[labels == 0], bins=bins, alpha=0.6, label="normal")
         axis.hist(values[labels == 1], bins=bins, alpha=0.6, label="anomalous")
@@ -100,12 +79,11 @@ def fit_study_model(
     kind: str, datamodule: AnomalibDataModule, out: str | Path, image_size: int, teacher: str = "efficientnet_lite0",
     pre_trained: bool = True, epochs: int = 5, patience: int = 3, seed: int = 0, **init_args: Any,
 ) -> AnomalibModule:
-    """One model of the study (``kind``: teacher | scratch | distill | unet_ae) with the study's arguments
-    (``resolve_init_args``) and fit (``fit_setting``: early stopping, checkpoint of lowest validation loss);
-    ``init_args``: the setting's own (e.g. ``latent_dim``). A failed fit raises ``RuntimeError``."""
+    """One model of the study (``kind``: teacher | scratch | distill | unet_ae) with the study's arguments and fit
+    (early stopping, checkpoint of lowest validation loss); ``init_args``: the setting's own (e.g. ``latent_dim``).
+    A failed fit raises ``RuntimeError``."""
     from anomalib_simplenet.lab.settings import Setting
-    from anomalib_simplenet.study.settings import resolve_init_args
-    from anomalib_simplenet.study.training import fit_setting, weights_line
+    from anomalib_simplenet.study.settings import fit_setting, resolve_init_args, weights_line
 
     setting = Setting("notebook", kind=kind, arguments=dict(init_args))
     arguments = resolve_init_args(setting, image_size, teacher, pre_trained)
@@ -120,15 +98,12 @@ def fit_study_model(
 def compare_models(
     models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, percentile: float = 95.0
 ) -> dict[str, dict[str, float]]:
-    """Per model, the study's metrics (:func:`~anomalib_simplenet.lab.scores.evaluate`): ``val_image_auroc`` (the
-    only one a choice may use), test AUROCs on raw scores and normalised, test F1 at the validation threshold."""
+    """Per model, the study's metrics: ``val_image_auroc`` (the only one a choice may use), test AUROCs on raw and
+    normalised scores, test F1 at the validation threshold."""
     keys = ("val_image_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc", "adaptive_f1")
-    table = {}
-    for name, model in models.items():
-        metrics = evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
-                           percentile)
-        table[name] = {key: metrics[key] for key in keys}
-    return table
+    tables = {name: evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
+                             percentile) for name, model in models.items()}
+    return {name: {key: metrics[key] for key in keys} for name, metrics in tables.items()}
 
 
 def best_on_validation(table: Mapping[str, Mapping[str, float]]) -> str:
@@ -141,19 +116,18 @@ def cost_table(
     models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, out: str | Path, threads: int = 1,
     throughput_seconds: float = 1.0,
 ) -> dict[str, dict[str, float]]:
-    """Per model, as the study measures it (``study.cost.measure_model``, raw test images each alone; a distilled
-    student without its teacher): parameters, size and batch-1 latency of the torch FP32 export."""
-    from anomalib_simplenet.study.cost import measure_model
+    """Per model, as the study measures it (raw test images each alone; a distilled student without its teacher):
+    parameters, size and batch-1 latency of the torch FP32 export."""
+    from anomalib_simplenet.study.run import measure_cost
 
     table = {}
     for index, (name, model) in enumerate(models.items()):
-        cost = measure_model(name, model, datamodule, Path(out) / f"model{index}", quantize=False, threads=threads,
-                             throughput_seconds=throughput_seconds)
-        record = cost.reference
+        cost = measure_cost(name, model, datamodule, Path(out) / f"model{index}", False, threads, throughput_seconds)
+        record = cost["records"][0]
         if record["status"] != "ok":
             msg = f"{name}: {record['status']}"
             raise RuntimeError(msg)
-        table[name] = {"parameters (M)": cost.parameters / 1e6, "size MB": record["size_mb"],
+        table[name] = {"parameters (M)": cost["parameters"] / 1e6, "size MB": record["size_mb"],
                        "latency ms (batch 1, median)": record["latency_ms_median"],
                        "latency ms (batch 1, p95)": record["latency_ms_p95"]}
     return table

@@ -1,19 +1,7 @@
-"""Run one model's config variants through anomalib's CLI (in process) and compare them.
-
-    python -m anomalib_simplenet.experiments.sweep --config configs/unet_ae.yaml \\
-        --variants configs/unet_ae_latent64.yaml configs/unet_ae_latent128.yaml configs/unet_ae_latent256.yaml \\
-        --data configs/data/magnetic_tile.yaml --out results/sweep_unet_ae --max-epochs 10 \\
-        --model.image_size 128 --trainer.accelerator cpu
-
-Each variant is overlaid on the ``--config`` files (as ``anomalib train --config A --config B``); every option this
-command does not know (``--model.*``, ``--data.*``, ``--trainer.*`` …) is passed on to every run. Each run fits,
-then tests the checkpoint with the lowest monitored loss (``val_loss`` in the plugin's configs; the final weights
-when the config has no monitored checkpoint), in its own folder ``<out>/<setting>/v<N>`` (N counts up, earlier runs
-are kept): loggers are redirected there, plus ``history.csv``, ``loss_curve.png`` and ``result.json``. A run that
-fails is reported in the tables with its error and the others continue. ``<out>`` gets ``summary.md``,
-``summary.csv``, ``metrics.png`` (test metrics per setting) and ``loss_curves.png`` (all runs overlaid).
-Exit status: 0 when every run succeeded, 1 otherwise.
-"""
+"""Run one model's config variants through anomalib's CLI (in process) and compare them: each variant is overlaid on
+the ``--config`` files, unknown options (``--model.*``, ``--data.*``, ``--trainer.*`` …) go to every run, each run
+fits and tests the checkpoint of lowest monitored loss in ``<out>/<setting>/v<N>``; ``<out>`` gets ``summary.md``,
+``summary.csv``, ``metrics.png`` and ``loss_curves.png``. Usage: ``docs/measuring.md``."""
 
 from __future__ import annotations
 
@@ -38,12 +26,10 @@ from anomalib_simplenet.lab.report import markdown_table, write_table_files
 from anomalib_simplenet.lab.scores import raw_metrics
 from anomalib_simplenet.lab.settings import Setting, make_settings
 
-# Test metrics shown first when present (``_raw``: on the model's own scores, before anomalib's normalisation; the
-# others are anomalib's Engine.test figures on normalised scores); any other follows in alphabetical order.
+# Test metrics shown first when present (``_raw``: on the model's own scores, the others on anomalib's normalised
+# ones); any other follows in alphabetical order.
 PREFERRED_METRICS = ("image_AUROC_raw", "image_AUROC", "pixel_AUROC_raw", "pixel_AUROC", "image_F1Score",
                      "pixel_F1Score")
-
-_HISTORY_CLASS = f"{LossHistory.__module__}.{LossHistory.__qualname__}"
 
 
 def next_version_dir(root: Path) -> Path:
@@ -55,11 +41,8 @@ def next_version_dir(root: Path) -> Path:
 
 
 class SweepCLI(AnomalibCLI):
-    """``AnomalibCLI`` that writes loggers into ``run_dir``, applies ``seed_everything`` and adds a LossHistory.
-
-    anomalib 2.7's CLI parses ``seed_everything`` but never applies it; here an integer seeds every run the same
-    way, so settings differ only in their hyper-parameters.
-    """
+    """``AnomalibCLI`` that writes loggers into ``run_dir``, adds a LossHistory and applies ``seed_everything`` (which
+    anomalib 2.7's CLI parses but never applies), so settings differ only in their hyper-parameters."""
 
     def __init__(self, args: Sequence[str], run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -73,28 +56,12 @@ class SweepCLI(AnomalibCLI):
         if isinstance(seed, int) and not isinstance(seed, bool):
             seed_everything(seed, workers=True)
         trainer = config.trainer
-        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-        for logger in loggers:
+        for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
             init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
             if init_args is not None and "save_dir" in init_args:
                 init_args.save_dir = str(self.run_dir / "logs")
-        callbacks = list(trainer.callbacks or [])
-        trainer.callbacks = [*callbacks, Namespace(class_path=_HISTORY_CLASS, init_args=Namespace())]
-
-
-def _cli_args(
-    setting: Setting, run_dir: Path, data: str | None, max_epochs: int | None, extra: Sequence[str]
-) -> list[str]:
-    """``anomalib train`` arguments of one run (``extra`` last, so the user's options win)."""
-    args = ["train"]
-    for config in setting.configs:
-        args += ["--config", str(config)]
-    args += ["--default_root_dir", str(run_dir)]
-    if data is not None:
-        args += ["--data", data]
-    if max_epochs is not None:
-        args += ["--trainer.max_epochs", str(max_epochs)]
-    return [*args, *extra]
+        history = Namespace(class_path=f"{LossHistory.__module__}.{LossHistory.__qualname__}", init_args=Namespace())
+        trainer.callbacks = [*(trainer.callbacks or []), history]
 
 
 def _parse(args: list[str], run_dir: Path) -> SweepCLI:
@@ -105,8 +72,7 @@ def _parse(args: list[str], run_dir: Path) -> SweepCLI:
             return SweepCLI(args, run_dir)
     except SystemExit as error:
         lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-        msg = lines[-1] if lines else f"configuration error (exit status {error.code})"
-        raise ValueError(msg) from None
+        raise ValueError(lines[-1] if lines else f"configuration error (exit status {error.code})") from None
     finally:
         sys.stderr.write(stderr.getvalue())
 
@@ -116,34 +82,33 @@ def run_setting(
 ) -> FitResult:
     """Fit and test one setting in ``out/<setting>/v<N>``; never raises for a failed run (see ``status``)."""
     result = FitResult(setting.name, next_version_dir(out / setting.name))
+    args = ["train", *(a for config in setting.configs for a in ("--config", str(config))),
+            "--default_root_dir", str(result.run_dir), *(["--data", data] if data is not None else []),
+            *(["--trainer.max_epochs", str(max_epochs)] if max_epochs is not None else []), *extra]  # user's last
     history: LossHistory | None = None
     with guarded(result, f"[sweep] {setting.name}"):
-        cli = _parse(_cli_args(setting, result.run_dir, data, max_epochs, extra), result.run_dir)
-        engine, model, datamodule = cli.engine, cli.model, cli.datamodule
-        engine.fit(model, datamodule=datamodule)
-        trainer = engine.trainer
+        cli = _parse(args, result.run_dir)
+        model, datamodule = cli.model, cli.datamodule
+        cli.engine.fit(model, datamodule=datamodule)
+        trainer = cli.engine.trainer
         history = next(c for c in trainer.callbacks if isinstance(c, LossHistory))
         checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else ""
+        result.checkpoint = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else ""
         # As ``Engine.train`` does (the trainer already exists), but on the best checkpoint when there is one.
-        metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics = trainer.test(model, datamodule=datamodule, ckpt_path=result.checkpoint or None, verbose=False)
         result.metrics = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
         raw = raw_metrics(model, datamodule.test_dataloader())  # the tested weights: trainer.test loaded them
         result.metrics.update({"image_AUROC_raw": raw["image_auroc"], "pixel_AUROC_raw": raw["pixel_auroc"]})
-        result.checkpoint = best
     if history is not None and history.epochs:
         history.save_csv(result.run_dir / "history.csv")
         result.history = history.rows()
         loss_figure({setting.name: result.history}, title=setting.name).savefig(result.run_dir / "loss_curve.png",
                                                                                 dpi=100)
     record = {**_row(result), "checkpoint": result.checkpoint, "configs": [str(c) for c in setting.configs]}
-    (result.run_dir / "result.json").write_text(json.dumps(record, indent=2, default=_json_float) + "\n")
+    (result.run_dir / "result.json").write_text(json.dumps(
+        record, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n")
     gc.collect()
     return result
-
-
-def _json_float(value: object) -> object:
-    return None if isinstance(value, float) and math.isnan(value) else str(value)
 
 
 def _row(result: FitResult, metrics: Sequence[str] = ()) -> dict[str, Any]:
@@ -159,8 +124,8 @@ def _row(result: FitResult, metrics: Sequence[str] = ()) -> dict[str, Any]:
 def write_report(results: Sequence[FitResult], out: Path, metrics: Sequence[str], title: str) -> str:
     """Write ``summary.md``, ``summary.csv``, ``metrics.png`` and ``loss_curves.png`` to ``out``; return the table."""
     names = {name for result in results for name in result.metrics}
-    columns = [m for m in PREFERRED_METRICS if m in names] + sorted(names - set(PREFERRED_METRICS))
-    rows = [_row(result, columns) for result in results]
+    rows = [_row(r, [m for m in PREFERRED_METRICS if m in names] + sorted(names - set(PREFERRED_METRICS)))
+            for r in results]
     header = [c for c in rows[0] if c != "run_dir"] if rows else ["setting"]
     table = markdown_table(header, [[row[c] for c in header] for row in rows])
     write_table_files(out, f"# {title}\n\n{table}", rows, stem="summary", data_stem="summary")
@@ -170,28 +135,23 @@ def write_report(results: Sequence[FitResult], out: Path, metrics: Sequence[str]
     return table
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m anomalib_simplenet.experiments.sweep",
-        description="Fit and test one model's config variants; write a comparison table and plots. Options not "
-        "listed here (--model.*, --data.*, --trainer.* …) are passed to every run's anomalib CLI.",
-        allow_abbrev=False,  # else --data.category would be taken for --data
-    )
-    parser.add_argument("--config", type=Path, action="append", required=True,
-                        help="base config file(s) of the model (repeat for overlays applied to every setting)")
-    parser.add_argument("--variants", type=Path, nargs="+", default=[],
-                        help="one config overlay per setting, e.g. configs/unet_ae_latent*.yaml")
-    parser.add_argument("--data", help="data config file or class (anomalib's --data); default: the config's")
-    parser.add_argument("--out", type=Path, required=True, help="output folder of the sweep")
-    parser.add_argument("--max-epochs", type=int, help="override trainer.max_epochs of every run")
-    parser.add_argument("--metric", action="append", help="test metric(s) to plot (default image_AUROC, pixel_AUROC)")
-    parser.add_argument("--title", help="title of the table and plots (default: the first --config file's name)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    parser = _parser()
+    """Command-line entry point; returns the exit status (0 when every run succeeded)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m anomalib_simplenet.experiments.sweep", allow_abbrev=False,  # else --data.x is taken for --data
+        description="Fit and test one model's config variants; write a comparison table and plots. Options not "
+        "listed here (--model.*, --data.*, --trainer.* …) are passed to every run's anomalib CLI.")
+    for flags, keywords in (
+        (("--config",), {"type": Path, "action": "append", "required": True,
+                         "help": "base config file(s) of the model (repeat for overlays applied to every setting)"}),
+        (("--variants",), {"type": Path, "nargs": "+", "default": [], "help": "one config overlay per setting"}),
+        (("--data",), {"help": "data config file or class (anomalib's --data); default: the config's"}),
+        (("--out",), {"type": Path, "required": True, "help": "output folder of the sweep"}),
+        (("--max-epochs",), {"type": int, "help": "override trainer.max_epochs of every run"}),
+        (("--metric",), {"action": "append", "help": "test metric(s) to plot (default image_AUROC, pixel_AUROC)"}),
+        (("--title",), {"help": "title of the table and plots (default: the first --config file's name)"}),
+    ):
+        parser.add_argument(*flags, **keywords)
     args, extra = parser.parse_known_args(argv)
     if extra and not extra[0].startswith("--"):
         parser.error(f"unexpected argument {extra[0]!r} (options passed to anomalib start with --)")
@@ -200,12 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
-    title = args.title or f"sweep of {args.config[0].stem}"
     results = []
     for index, setting in enumerate(settings, 1):
         print(f"[sweep] {index}/{len(settings)}: {setting.name} ({', '.join(map(str, setting.configs))})", flush=True)
         results.append(run_setting(setting, args.out, args.data, args.max_epochs, extra))
-    table = write_report(results, args.out, args.metric or ["image_AUROC", "pixel_AUROC"], title)
+    table = write_report(results, args.out, args.metric or ["image_AUROC", "pixel_AUROC"],
+                         args.title or f"sweep of {args.config[0].stem}")
     print(f"\n{table}\n[sweep] tables and plots in {args.out}", flush=True)
     return 0 if all(r.status == "ok" for r in results) else 1
 

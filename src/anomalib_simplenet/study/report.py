@@ -1,9 +1,5 @@
-"""``report.md`` (and ``report.html``) of a study run: the hypothesis in numbers, then every table and figure.
-
-Every number is read from the run's results (``results.json`` holds the same values); nothing is typed in. The
-accuracy checks compare means over the categories both models were evaluated on; the cost checks use the main
-category's measurements. Checks are made for every teacher network; the first is the one the hypothesis is about.
-"""
+"""``report.md`` and ``report.html`` of a study run: the hypothesis in numbers (accuracy: means over the categories
+both models were evaluated on; cost: the main category's), then every table and figure, all read from the results."""
 
 from __future__ import annotations
 
@@ -20,8 +16,7 @@ TARGETS = {"accuracy_gap_pts": -2.0, "latency_ratio": 3.0, "distill_gain_pts": 3
 
 
 def _aurocs(results: Mapping[str, Any], kind: str, teacher: str | None, on_all: bool = False) -> dict[str, float]:
-    """Test image AUROC per category of the chosen model of ``kind`` and ``teacher``, trained per category or (with
-    ``on_all``) on all categories."""
+    """Test image AUROC per category of the chosen model of ``kind`` and ``teacher`` (``on_all``: trained on all)."""
     return {r["category"]: r["image_auroc"] for r in results["main"] if r["kind"] == kind
             and r.get("teacher") == teacher and (r["scope"] == "all") == on_all}
 
@@ -36,11 +31,6 @@ def _compare(
     mine, other = statistics.fmean(ours[c] for c in common), statistics.fmean(theirs[c] for c in common)
     return 100 * (mine - other), (f"{names[0]} {fmt(mine)}, {names[1]} {fmt(other)} (mean over {len(common)} "
                                   f"categor{'y' if len(common) == 1 else 'ies'}: {', '.join(common)})")
-
-
-def _cost_entry(results: Mapping[str, Any], kind: str, teacher: str | None) -> dict[str, Any] | None:
-    """The cost entry (parameters, FLOPs, measured variants) of the chosen model of ``kind`` and ``teacher``."""
-    return next((c for c in results["cost"] if c["kind"] == kind and c.get("teacher") == teacher), None)
 
 
 def batch_latency_ms(entry: Mapping[str, Any], record: Mapping[str, Any]) -> float | None:
@@ -65,7 +55,8 @@ def hypothesis_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                                ("distilled", "teacher"))
         checks.append(_check(f"{teacher}: distilled student vs teacher-feature reference (image AUROC, points)",
                              "≥ −2", gap, None if gap is None else gap >= TARGETS["accuracy_gap_pts"], detail))
-        t_cost, d_cost = _cost_entry(results, "teacher", teacher), _cost_entry(results, "distill", teacher)
+        t_cost, d_cost = (next((c for c in results["cost"] if c["kind"] == kind and c.get("teacher") == teacher), None)
+                          for kind in ("teacher", "distill"))
         if t_cost and d_cost:
             (t_rec, t_par), (d_rec, d_par) = ((c["records"][0], c["parameters"]) for c in (t_cost, d_cost))
             latency = t_rec["latency_ms_median"] / d_rec["latency_ms_median"] if d_rec["latency_ms_median"] else None
@@ -123,13 +114,16 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
              f"the validation split: anomalib's F1-adaptive, and the {q:g}th percentile of its normal scores; "
              "FAR = share of normal test images flagged.\n",
              "Raw = the models' own scores; normalised = after anomalib's post-processor (min–max with validation "
-             "statistics, clamped to [0, 1]: test images beyond the validation range tie).\n",
+             "statistics, clamped to [0, 1]: test images beyond the validation range tie). Map in / outside: mean "
+             "raw anomaly-map value on the defect-mask pixels of the defective test images / on their other pixels.\n",
              markdown_table(["category", "model", "trained on", "setting", "val image AUROC raw",
-                     *metric_header(results["main"]), "F1 adaptive (FAR)", f"F1 p{q:g} (FAR)"],
+                     *metric_header(results["main"]), "F1 adaptive (FAR)", f"F1 p{q:g} (FAR)",
+                     "raw map in / outside defect masks"],
                     [[r["category"], r["title"], "all categories" if r["scope"] == "all" else r["scope"],
                       r["setting"], fmt(r["val_image_auroc"]), *metric_cells(r, results["main"]),
                       f"{fmt(r['adaptive_f1'])} ({fmt(r['adaptive_false_alarm_rate'], '.3f')})",
-                      f"{fmt(r['percentile_f1'])} ({fmt(r['percentile_false_alarm_rate'], '.3f')})"]
+                      f"{fmt(r['percentile_f1'])} ({fmt(r['percentile_false_alarm_rate'], '.3f')})",
+                      f"{fmt(r.get('map_in_mask'))} / {fmt(r.get('map_outside_mask'))}"]
                      for r in results["main"]])]
     parts += [f"## Cost of each chosen model on {results['main_category']} (torch FP32, {context['threads']} CPU "
               "threads)\n",
