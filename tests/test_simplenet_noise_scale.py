@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 import pytest
 import torch
+from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGenerator
+from anomalib_simplenet.components.backbone import RANDOM_WEIGHTS
+from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD, AnomalyFeatureGenerator
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments, scale_from_moments
 from anomalib_simplenet.models.simplenet.noise_scale import LearnsNothingCheck
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET
+from .conftest import REPO_ROOT, TINY_SIMPLENET
 
 
 def test_feature_scale_is_rms_of_per_dimension_std_and_sums_over_shards() -> None:
@@ -155,3 +158,29 @@ def test_tiny_noise_on_real_features_warns_and_names_the_setting(
     assert max(float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])) < 0.1  # not a one-sided case
     assert abs(float(metrics["train_loss_epoch"]) - 1.0) < 0.01
     assert len(warnings) == 1 and "relative_noise_std=0.005" in warnings[0] and "raise relative_noise_std" in warnings[0]
+
+
+def test_sweep_feature_scale_mode_reports_the_scale_of_the_first_training_images(
+    synthetic_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``benchmarks/simplenet_sweep.py --feature-scale``: one row per backbone with its layers, feature size, the
+    scale of the first ``--images`` training images' features, the default σ and the official σ against it."""
+    spec = importlib.util.spec_from_file_location("benchmarks_sweep", REPO_ROOT / "benchmarks" / "simplenet_sweep.py")
+    assert spec is not None and spec.loader is not None
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    sweep.main(["--feature-scale", "resnet18", "--categories", "synthetic", "--data-root", str(synthetic_root),
+                "--images", "3", "--image-size", "64"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
+    _, weights, layers, dimension, scale, sigma, official = (cell.strip() for cell in row.strip("|").split("|"))
+    assert (weights, layers, dimension) == (RANDOM_WEIGHTS, "layer2, layer3", "384")
+
+    torch.manual_seed(0)
+    model = SimpleNet(backbone="resnet18", pre_trained=False, image_size=64)
+    files = sorted((synthetic_root / "synthetic" / "train" / "good").glob("*"))[:3]
+    images = torch.cat([model.pre_processor.transform(read_image(f, as_tensor=True)[None]) for f in files])
+    with torch.no_grad():
+        expected = float(FeatureMoments.of(model.model.eval().extract_features(images)).scale())
+    assert float(scale) == pytest.approx(expected, rel=1e-3)
+    assert float(sigma) == pytest.approx(DEFAULT_RELATIVE_NOISE_STD * expected, rel=1e-3)
+    assert official == f"1/{expected / 0.015:.0f}"
