@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -160,16 +161,40 @@ def test_tiny_noise_on_real_features_warns_and_names_the_setting(
     assert len(warnings) == 1 and "relative_noise_std=0.005" in warnings[0] and "raise relative_noise_std" in warnings[0]
 
 
+def _sweep_script() -> object:
+    spec = importlib.util.spec_from_file_location("benchmarks_sweep", REPO_ROOT / "benchmarks" / "simplenet_sweep.py")
+    assert spec is not None and spec.loader is not None
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
+@pytest.mark.slow
+def test_sweep_records_validation_curves_per_setting_and_untrained_references(synthetic_root: Path,
+                                                                            tmp_path: Path) -> None:
+    """``benchmarks/simplenet_sweep.py``: one run per setting (here σ 0.4 scored without and with the location
+    Gaussian), one validation row per epoch, the references, and the tables."""
+    runs = _sweep_script().main(["--categories", "synthetic", "--data-root", str(synthetic_root), "--image-size", "64",
+                                 "--epochs", "2", "--bank", "100", "--relative-noise", "0.4", "--output", str(tmp_path)])
+    assert [(r["relative_noise_std"], r["location_gaussian"]) for r in runs] == [(0.4, False), (0.4, True)]
+    for run in runs:
+        assert [row["epoch"] for row in run["rows"]] == [1, 2] and run["hidden"] > 0
+        assert all(0.0 <= row["image_auroc"] <= 1.0 and row["val_loss"] > 0 for row in run["rows"])
+    # Validation loss does not depend on how the maps are scored: the same training, the same loss.
+    assert [row["val_loss"] for row in runs[0]["rows"]] == [row["val_loss"] for row in runs[1]["rows"]]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(runs))
+    assert len(saved["references"]["synthetic"]) == 3
+    table = (tmp_path / "sweep.md").read_text()
+    assert "mean image AUROC (1 categories)" in table and "nearest of 100 training locations" in table
+
+
 def test_sweep_feature_scale_mode_reports_the_scale_of_the_first_training_images(
     synthetic_root: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``benchmarks/simplenet_sweep.py --feature-scale``: one row per backbone with its layers, feature size, the
     scale of the first ``--images`` training images' features, the default σ and the official σ against it."""
-    spec = importlib.util.spec_from_file_location("benchmarks_sweep", REPO_ROOT / "benchmarks" / "simplenet_sweep.py")
-    assert spec is not None and spec.loader is not None
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    sweep.main(["--feature-scale", "resnet18", "--categories", "synthetic", "--data-root", str(synthetic_root),
+    _sweep_script().main(["--feature-scale", "resnet18", "--categories", "synthetic", "--data-root", str(synthetic_root),
                 "--images", "3", "--image-size", "64"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
     _, weights, layers, dimension, scale, sigma, official = (cell.strip() for cell in row.strip("|").split("|"))
