@@ -177,8 +177,8 @@ def feature_scale_table(args: argparse.Namespace, category: str) -> str:
         model = SimpleNet(backbone=backbone, pre_trained=backbone in PACKAGED_WEIGHTS, image_size=args.image_size)
         network, moments = model.model.eval(), FeatureMoments()
         for start in range(0, len(files), 8):  # images differ in size: each resized, then batched
-            batch = [model.pre_processor.transform(read_image(f, as_tensor=True)[None]) for f in files[start : start + 8]]
-            moments.update(network.extract_features(torch.cat(batch)))
+            batch = [read_image(file, as_tensor=True)[None] for file in files[start : start + 8]]
+            moments.update(network.extract_features(torch.cat([model.pre_processor.transform(b) for b in batch])))
         scale, relative = float(moments.scale()), network.noise_generator.relative_noise_std
         layers = ", ".join(network.feature_extractor.feature_info.module_name())
         rows.append([backbone, weights_source(network.feature_extractor), layers, network.aggregator.out_channels,

@@ -174,8 +174,9 @@ def test_sweep_records_validation_curves_per_setting_and_untrained_references(sy
                                                                             tmp_path: Path) -> None:
     """``benchmarks/simplenet_sweep.py``: one run per setting (here σ 0.4 scored without and with the location
     Gaussian), one validation row per epoch, the references, and the tables."""
-    runs = _sweep_script().main(["--categories", "synthetic", "--data-root", str(synthetic_root), "--image-size", "64",
-                                 "--epochs", "2", "--bank", "100", "--relative-noise", "0.4", "--output", str(tmp_path)])
+    runs = _sweep_script().main(["--categories", "synthetic", "--data-root", str(synthetic_root), "--epochs", "2",
+                                 "--image-size", "64", "--bank", "100", "--relative-noise", "0.4",
+                                 "--output", str(tmp_path)])
     assert [(r["relative_noise_std"], r["location_gaussian"]) for r in runs] == [(0.4, False), (0.4, True)]
     for run in runs:
         assert [row["epoch"] for row in run["rows"]] == [1, 2] and run["hidden"] > 0
@@ -194,8 +195,8 @@ def test_sweep_feature_scale_mode_reports_the_scale_of_the_first_training_images
 ) -> None:
     """``benchmarks/simplenet_sweep.py --feature-scale``: one row per backbone with its layers, feature size, the
     scale of the first ``--images`` training images' features, the default σ and the official σ against it."""
-    _sweep_script().main(["--feature-scale", "resnet18", "--categories", "synthetic", "--data-root", str(synthetic_root),
-                "--images", "3", "--image-size", "64"])
+    _sweep_script().main(["--feature-scale", "resnet18", "--categories", "synthetic",
+                          "--data-root", str(synthetic_root), "--images", "3", "--image-size", "64"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
     _, weights, layers, dimension, scale, sigma, official = (cell.strip() for cell in row.strip("|").split("|"))
     assert (weights, layers, dimension) == (RANDOM_WEIGHTS, "layer2, layer3", "384")

@@ -67,7 +67,7 @@ class BenchmarkConfig:
                                "OpenVINO's default, bf16 on bf16-capable CPUs)")
     warmup: int = option(3, type=int, help="untimed calls before latency timing")
     throughput_seconds: float = option(5.0, type=float)
-    with_acq: bool = option(False, flag="--acq", action="store_true", help="also measure INT8_ACQ (accuracy-controlled)")
+    with_acq: bool = option(False, flag="--acq", action="store_true", help="also measure INT8_ACQ (accuracy control)")
     max_drop: float = option(0.01, type=float, help="INT8_ACQ: allowed image-AUROC drop (absolute)")
     input_size: tuple[int, int] | None = option(None, type=int, nargs=2, metavar=("H", "W"),
                                                 help="static export size (default dynamic)")
