@@ -10,7 +10,6 @@ on one rank's share, or with the sampler's padded repeats counted twice, differs
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ import anomalib_simplenet
 from anomalib_simplenet.data import make_synthetic_mvtec
 
 from . import ddp_support
-from .conftest import REPO_ROOT, anomalib_command
+from .conftest import anomalib_command, load_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -191,13 +190,11 @@ def test_two_gpus_fit_what_one_cpu_process_fits(ddp_data: Path, tmp_path: Path) 
 def test_scaling_benchmark_times_one_and_two_processes(synthetic_root: Path, tmp_path: Path) -> None:
     """``benchmarks/ddp_scaling.py``: one record per process count, rank 0's epoch times, every rank's peak memory,
     test metrics on the same images whatever the process count, and the JSON file."""
-    spec = importlib.util.spec_from_file_location("benchmarks_ddp", REPO_ROOT / "benchmarks" / "ddp_scaling.py")
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    benchmark.main(["--data-root", str(synthetic_root), "--category", "synthetic", "--train", "8", "--test-good", "4",
-                    "--test-defects", "2", "--image-size", "64", "--epochs", "2", "--batch", "4", "--models", "UNetAE",
-                    "--procs", "1", "2", "--out", str(tmp_path)])
+    load_benchmark("ddp_scaling").main([
+        "--data-root", str(synthetic_root), "--category", "synthetic", "--train", "8", "--test-good", "4",
+        "--test-defects", "2", "--image-size", "64", "--epochs", "2", "--batch", "4", "--models", "UNetAE",
+        "--procs", "1", "2", "--out", str(tmp_path),
+    ])  # fmt: skip
     records = json.loads((tmp_path / "ddp_scaling_seed0.json").read_text())
     assert [(r["model"], r["procs"], len(r["peak_rss_mb"])) for r in records] == [("UNetAE", 1, 1), ("UNetAE", 2, 2)]
     for record in records:

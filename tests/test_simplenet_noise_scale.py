@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from anomalib_simplenet.models.simplenet.noise_scale import LearnsNothingCheck
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import REPO_ROOT, TINY_SIMPLENET
+from .conftest import TINY_SIMPLENET, load_benchmark
 
 
 def test_feature_scale_is_rms_of_per_dimension_std_and_sums_over_shards() -> None:
@@ -161,22 +160,15 @@ def test_tiny_noise_on_real_features_warns_and_names_the_setting(
     assert len(warnings) == 1 and "relative_noise_std=0.005" in warnings[0] and "raise relative_noise_std" in warnings[0]
 
 
-def _sweep_script() -> object:
-    spec = importlib.util.spec_from_file_location("benchmarks_sweep", REPO_ROOT / "benchmarks" / "simplenet_sweep.py")
-    assert spec is not None and spec.loader is not None
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
-
-
 @pytest.mark.slow
 def test_sweep_records_validation_curves_per_setting_and_untrained_references(synthetic_root: Path,
                                                                             tmp_path: Path) -> None:
     """``benchmarks/simplenet_sweep.py``: one run per setting (here σ 0.4 scored without and with the location
     Gaussian), one validation row per epoch, the references, and the tables."""
-    runs = _sweep_script().main(["--categories", "synthetic", "--data-root", str(synthetic_root), "--epochs", "2",
-                                 "--image-size", "64", "--bank", "100", "--relative-noise", "0.4",
-                                 "--output", str(tmp_path)])
+    runs = load_benchmark("simplenet_sweep").main([
+        "--categories", "synthetic", "--data-root", str(synthetic_root), "--epochs", "2", "--image-size", "64",
+        "--bank", "100", "--relative-noise", "0.4", "--output", str(tmp_path),
+    ])  # fmt: skip
     assert [(r["relative_noise_std"], r["location_gaussian"]) for r in runs] == [(0.4, False), (0.4, True)]
     for run in runs:
         assert [row["epoch"] for row in run["rows"]] == [1, 2] and run["hidden"] > 0
@@ -195,8 +187,8 @@ def test_sweep_feature_scale_mode_reports_the_scale_of_the_first_training_images
 ) -> None:
     """``benchmarks/simplenet_sweep.py --feature-scale``: one row per backbone with its layers, feature size, the
     scale of the first ``--images`` training images' features, the default σ and the official σ against it."""
-    _sweep_script().main(["--feature-scale", "resnet18", "--categories", "synthetic",
-                          "--data-root", str(synthetic_root), "--images", "3", "--image-size", "64"])
+    load_benchmark("simplenet_sweep").main(["--feature-scale", "resnet18", "--categories", "synthetic",
+                                            "--data-root", str(synthetic_root), "--images", "3", "--image-size", "64"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
     _, weights, layers, dimension, scale, sigma, official = (cell.strip() for cell in row.strip("|").split("|"))
     assert (weights, layers, dimension) == (RANDOM_WEIGHTS, "layer2, layer3", "384")
