@@ -1,18 +1,7 @@
 """Accuracy of SimpleNet against anomalib's Padim, Patchcore, Glass and Supersimplenet on one category.
 
-    nice -n 10 .venv/bin/python benchmarks/accuracy.py --category magnetic_tile            # all training images
-    .venv/bin/python benchmarks/accuracy.py --category magnetic_tile --train-images 100 --models simplenet padim
-
-Every model gets the same backbone weights (default: the packaged ImageNet EfficientNet-Lite0; ``--weights
-random`` or a state-dict file), the same layers (the backbone's stride-8 and stride-16 stages), the same input size
-and pre-processing, the same data and seed (:mod:`anomalib_simplenet.lab.peers`). Validation images are half of
-the test folder, disjoint from the test images the metrics are computed on; nothing is selected on test images.
-Each model runs in its own process (its memory never adds to the next; a crash is that model's error row) and its
-row is written as soon as it finishes.
-
-Prints and writes (``accuracy.md``, ``accuracy.json`` in ``--output``): image/pixel AUROC (and AUPRO with
-``--aupro``) on the models' raw scores next to anomalib's normalised ones, anomalib's image/pixel F1 (thresholds
-fitted on the validation images), fit seconds, test images/s and each process's peak resident memory.
+Same backbone weights, layers, input size, data and seed for all; each model in its own process. Usage, method and
+outputs: ``docs/measuring.md``.
 """
 
 from __future__ import annotations
@@ -55,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="training batch size (evaluation: 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--no-location-gaussian", action="store_true",
+    parser.add_argument("--no-location-gaussian", dest="location_gaussian", action="store_false",
                         help="SimpleNet scores with its discriminator alone (the official scoring)")
-    parser.add_argument("--no-grid-alignment", action="store_true",
+    parser.add_argument("--no-grid-alignment", dest="grid_alignment", action="store_false",
                         help="SimpleNet upsamples with plain interpolation (the official maps, off the cells' positions)")
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only write the table of the accuracy.json files in these output folders")
@@ -77,9 +66,8 @@ def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
             continue
         shift = [f"{fmt(row.get('map_offset_x'), '+.1f')}, {fmt(row.get('map_offset_y'), '+.1f')}"] if offset else []
         rows.append([name, *metric_cells(row, ok), *(fmt(row.get(key), ".3f") for key in f1), *shift,
-                     fmt(row["fit_s"], ".0f"),
-                     fmt(row["test_images_per_s"], ".1f"), row["epochs"], fmt(row.get("peak_rss_mb"), ".0f"),
-                     row["note"]])
+                     fmt(row["fit_s"], ".0f"), fmt(row["test_images_per_s"], ".1f"), row["epochs"],
+                     fmt(row.get("peak_rss_mb"), ".0f"), row["note"]])
     note = ("raw = the models' own scores; normalised = after anomalib's post-processor (min-max with validation "
             "statistics, clamped to [0, 1]); pixel metrics on maps shrunk to ≤128 px; F1: anomalib's Engine.test; "
             "map offset: centroid of each defective image's hottest 1 % minus its mask's, mean, in input pixels "
@@ -88,22 +76,13 @@ def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
 
 
 def write(results: dict[str, dict[str, Any]], header: str, output: Path, settings: str = "") -> str:
-    """``accuracy.json`` and ``accuracy.md`` in model order (``settings``: what a later run must match to reuse
-    these rows)."""
+    """``accuracy.json`` and ``accuracy.md`` in model order; a later run reuses rows whose ``settings`` match."""
     results = {name: results[name] for name in MODELS if name in results}
     payload = {"header": header, "settings": settings, "results": results}
     (output / "accuracy.json").write_text(json.dumps(payload, indent=1))
     table = markdown(results, header)
     (output / "accuracy.md").write_text(table + "\n")
     return table
-
-
-def model_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Arguments for model ``name`` beyond the shared ones (SimpleNet's official scoring and maps on request)."""
-    if name != "simplenet":
-        return {}
-    official = {"location_gaussian": args.no_location_gaussian, "grid_alignment": args.no_grid_alignment}
-    return {key: False for key, requested in official.items() if requested}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -119,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if args.train_images is not None:
         root = subset(root, args.category, args.output / "data", args.train_images)
     peer_epochs = args.peer_epochs or args.epochs
+    official = {key: False for key in ("location_gaussian", "grid_alignment") if not getattr(args, key)}
     geometry = f"{args.image_size} px" + (f" (shorter side {args.resize_shorter_side}, centre crop)"
                                           if args.resize_shorter_side else "")
     settings = (f"{args.category}: backbone {args.backbone}, --weights {args.weights}, {geometry}, "
@@ -129,16 +109,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         earlier = json.loads(previous.read_text())
         if earlier.get("settings") == settings:
             results = {k: v for k, v in earlier["results"].items() if k not in args.models}
-    common = {"root": str(root), "category": args.category, "output": str(args.output), "backbone": args.backbone,
-              "weights": str(args.weights), "image_size": args.image_size, "seed": args.seed, "batch": args.batch,
-              "num_workers": args.num_workers, "aupro": args.aupro, "coreset_ratio": args.coreset_ratio,
-              "resize_shorter_side": args.resize_shorter_side}
+    common = {key: getattr(args, key) for key in ("category", "backbone", "image_size", "seed", "batch", "num_workers",
+                                                  "aupro", "coreset_ratio", "resize_shorter_side")}
+    common.update(root=str(root), output=str(args.output), weights=str(args.weights))
     for name in args.models:
         epochs = args.epochs if name == "simplenet" else peer_epochs
         print(f"==> {name}: {epochs} epoch(s) in its own process", flush=True)
-        results[name] = run_isolated("anomalib_simplenet.lab.compare:fit_and_score",
-                                     {**common, "name": name, "epochs": epochs, **model_options(name, args)},
-                                     args.output / "processes", name)
+        options = {**common, "name": name, "epochs": epochs, **(official if name == "simplenet" else {})}
+        results[name] = run_isolated("anomalib_simplenet.lab.compare:fit_and_score", options, args.output / "processes",
+                                     name)
         print(json.dumps({name: results[name]}), flush=True)
         write(results, settings, args.output, settings)
     weights = next((row["weights"] for row in results.values() if "weights" in row), str(args.weights))

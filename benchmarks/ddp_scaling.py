@@ -1,26 +1,12 @@
-"""Training in 1 and 2 processes (Lightning DDP, CPU, gloo): seconds per epoch, peak memory per process, and
-the test metrics of each; prints a Markdown table and writes ``ddp_scaling.json``.
-
-    nice -n 10 python benchmarks/ddp_scaling.py --data-root ../shared/data --category magnetic_tile \\
-        --train 120 --test-good 30 --test-defects 6 --image-size 128 --epochs 3 --out results/ddp_scaling
-
-Each model trains on the same images with the same global batch: one process with ``--batch`` images per step,
-two processes with ``--batch / 2`` each (DDP averages their gradients), so both take the same number of
-optimiser steps. Weights: SimpleNet on ``efficientnet_lite0`` with its packaged ImageNet weights; DistillClassifier
-in ``scratch`` mode and UNetAE from random initialisation (no teacher weights offline). The test folder is
-subsampled (``--test-good``, ``--test-defects`` per type); half of it validates (``val_split_mode=from_test``),
-the other half is where the metrics come from. ``--seed 1 --procs 1`` gives the one-process run-to-run spread
-against which the 1-vs-2-process differences can be read.
-
-Seconds per epoch is the training-loop time of an epoch (validation excluded), as rank 0 measures it; the first
-epoch and the mean of the later ones are reported apart (SimpleNet's feature cache serves the later ones). Peak
-memory is each process's peak resident set size. Every process runs ``--threads`` intra-op threads: on a
-machine with fewer free cores than processes × threads the 2-process figures measure contention, not scaling.
+"""Training in 1 and 2 processes (Lightning DDP, CPU, gloo): seconds per epoch, peak memory per process and the test
+metrics of each, at the same global batch; prints a Markdown table and writes ``ddp_scaling_seed<seed>.json``.
+Usage and how to read the figures: ``docs/measuring.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -28,6 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
+from lightning.pytorch import seed_everything
+
+import anomalib_simplenet
+from anomalib_simplenet.lab.data import datamodule, subset
+from anomalib_simplenet.lab.fit import fit
+from anomalib_simplenet.lab.report import fmt, markdown_table
+from anomalib_simplenet.lab.scores import raw_metrics
 
 MODELS = {
     "SimpleNet": {"backbone": "efficientnet_lite0", "layers": ["blocks.2", "blocks.4"], "pre_trained": True},
@@ -60,21 +55,12 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(args: argparse.Namespace) -> None:
     """One fit + test of ``args.worker`` on ``args.devices`` CPU processes (:func:`~anomalib_simplenet.lab.fit.fit`);
     each rank writes its figures."""
-    import torch
-
     torch.set_num_threads(args.threads)
-    from lightning.pytorch import seed_everything
-
-    import anomalib_simplenet
-    from anomalib_simplenet.lab.data import datamodule as make_datamodule
-    from anomalib_simplenet.lab.fit import fit
-    from anomalib_simplenet.lab.scores import raw_metrics
-
     seed_everything(args.seed)
     model = getattr(anomalib_simplenet, args.worker)(**MODELS[args.worker], image_size=args.image_size)
-    datamodule = make_datamodule(args.root, args.category, batch_size=args.batch // args.devices, eval_batch_size=16)
+    data = datamodule(args.root, args.category, batch_size=args.batch // args.devices, eval_batch_size=16)
     run = args.out / f"{args.worker}_{args.devices}_seed{args.seed}"
-    result = fit(args.worker, model, datamodule, run, args.epochs, test=True, devices=args.devices,
+    result = fit(args.worker, model, data, run, args.epochs, test=True, devices=args.devices,
                  strategy="ddp" if args.devices > 1 else "auto")
     if result.status != "ok":
         raise RuntimeError(result.error)
@@ -84,54 +70,47 @@ def worker(args: argparse.Namespace) -> None:
         "model": args.worker, "procs": args.devices, "seed": args.seed, "rank": rank,
         "epoch_seconds": [epoch["seconds"] for epoch in result.epochs],
         "fit_seconds": result.fit_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metrics": result.metrics, "raw": raw_metrics(model, datamodule.test_dataloader()),
+        "metrics": result.metrics, "raw": raw_metrics(model, data.test_dataloader()),
         "weights": getattr(weights, "weights_source", "random initialisation"),
     }
     (run / f"rank{rank}.json").write_text(json.dumps(record))
 
 
 def _table(records: list[dict]) -> str:
-    from anomalib_simplenet.lab.report import fmt, markdown_table
-
     rows = []
     for record in records:
         seconds, metrics, raw = record["epoch_seconds"], record["metrics"], record["raw"]
         later = sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else float("nan")
+        accuracy = (raw["image_auroc"], metrics.get("image_AUROC"), raw["pixel_auroc"], metrics.get("pixel_AUROC"))
         rows.append([record["model"], record["procs"], record["seed"], fmt(seconds[0], ".1f"), fmt(later, ".1f"),
-                     " / ".join(f"{mb:.0f}" for mb in record["peak_rss_mb"]), fmt(raw["image_auroc"], ".3f"),
-                     fmt(metrics.get("image_AUROC"), ".3f"), fmt(raw["pixel_auroc"], ".3f"),
-                     fmt(metrics.get("pixel_AUROC"), ".3f"), fmt(record["fit_seconds"], ".0f")])
+                     " / ".join(f"{mb:.0f}" for mb in record["peak_rss_mb"]), *(fmt(v, ".3f") for v in accuracy),
+                     fmt(record["fit_seconds"], ".0f")])
     return markdown_table(["model", "processes", "seed", "s/epoch (1st)", "s/epoch (later)",
                            "peak RSS per process (MB)", "image AUROC raw", "image AUROC normalised", "pixel AUROC raw",
                            "pixel AUROC normalised", "fit s"], rows)
 
 
-def main() -> None:
-    args = _arguments()
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     if args.worker:
         worker(args)
         return
-    from anomalib_simplenet.lab.data import subset
-
     args.out.mkdir(parents=True, exist_ok=True)
     root = subset(args.data_root, args.category, args.out / "data", args.train, test_good=args.test_good,
                   test_defects=args.test_defects)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     records = []
-    for model in args.models:
-        for procs in args.procs:
-            command = [sys.executable, __file__, "--worker", model, "--devices", str(procs), "--root", str(root),
-                       "--category", args.category, "--image-size", str(args.image_size), "--epochs",
-                       str(args.epochs), "--batch", str(args.batch), "--threads", str(args.threads),
-                       "--seed", str(args.seed), "--out", str(args.out)]
-            start = time.perf_counter()
-            subprocess.run(command, check=True, env=env)
-            run = args.out / f"{model}_{procs}_seed{args.seed}"
-            ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in range(procs)]
-            record = {**ranks[0], "peak_rss_mb": [rank["peak_rss_mb"] for rank in ranks],
-                      "wall_seconds": time.perf_counter() - start}
-            records.append(record)
-            print(f"{model} × {procs}: {record['wall_seconds']:.0f} s, weights: {record['weights']}", flush=True)
+    for model, procs in itertools.product(args.models, args.procs):
+        # The worker gets this command line (its options) plus its model, process count and the subset.
+        command = [sys.executable, __file__, *(argv or sys.argv[1:]), "--worker", model, "--devices", str(procs),
+                   "--root", str(root), "--out", str(args.out)]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, env=env)
+        run = args.out / f"{model}_{procs}_seed{args.seed}"
+        ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in range(procs)]
+        records.append({**ranks[0], "peak_rss_mb": [rank["peak_rss_mb"] for rank in ranks],
+                        "wall_seconds": time.perf_counter() - start})
+        print(f"{model} × {procs}: {records[-1]['wall_seconds']:.0f} s, weights: {records[-1]['weights']}", flush=True)
     table = _table(records)
     print(f"\n{args.category}: {args.train} train images, {args.image_size} px, {args.epochs} epochs, global batch "
           f"{args.batch}, {args.threads} thread(s) per process\n\n{table}")

@@ -1,25 +1,8 @@
 """SimpleNet's relative noise σ, discriminator width and epoch count, chosen on validation images of several categories.
 
-    nice -n 10 .venv/bin/python benchmarks/simplenet_sweep.py --categories magnetic_tile elpv_mono elpv_poly
-
-Per category, the frozen features (SimpleNet's own ``extract_features``: backbone, layers, embedding and input size
-as SimpleNet's defaults give them) of the training images and of the *validation* images are computed once: the
-seeded half of the test folder that ``benchmarks/accuracy.py`` and the study validate on
-(``val_split_mode="from_test"``, seed 0). The other half, the test images, is never read. Then, for every setting,
-adapter and discriminator are trained from those features as SimpleNet's fit trains them (its ``discriminate``, its
-loss, its optimisers, batches of ``--batch`` shuffled images, σ from the training features' scale), and after
-every epoch it records the validation loss (normal validation images, fixed noise: what ``EarlyStopping`` sees),
-the validation image AUROC and, where masks exist, the pixel AUROC.
-
-For reference, the same validation images are scored without training, on the same features: a Gaussian per
-feature-map location (Padim's model), one Gaussian for all locations, and the distance to the nearest of
-``--bank`` random training locations (Patchcore's score without the coreset). The first uses *where* a feature
-sits; SimpleNet's discriminator, like the other two, sees one location at a time wherever it is.
-``--location-gaussian 0 1`` trains every setting twice: scored by the discriminator alone (the official scoring) and
-with SimpleNet's per-location Gaussian next to it (its default, fitted on the cached training features first).
-
-Prints and writes (``sweep.md``, ``sweep.json`` in ``--output``) the curves per category and setting, the mean
-over categories per setting and epoch (the basis of the defaults, README's SimpleNet section) and the references.
+Trains adapter and discriminator from frozen features cached once per category, records validation loss and AUROC
+per epoch next to untrained references on the same features; ``--feature-scale`` instead reports SimpleNet's feature
+scale and noise σ per backbone. Usage and method: ``docs/measuring.md``.
 """
 
 from __future__ import annotations
@@ -27,30 +10,35 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import operator
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from anomalib.data.utils import read_image
 
 from anomalib_simplenet import SimpleNet
+from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
 from anomalib_simplenet.lab.data import datamodule
 from anomalib_simplenet.lab.report import fmt, markdown_table
 from anomalib_simplenet.lab.scores import auroc
 from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
+from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
 from anomalib_simplenet.models.simplenet.training_step import discriminator_step
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
 VAL_NOISE_SEED = 1  # the same noise for every setting's validation loss
+OFFICIAL_NOISE_STD = 0.015
+SCALE_BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", nargs="+", default=["magnetic_tile", "elpv_mono", "elpv_poly"])
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=REPO / "results" / "simplenet_sweep")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     add_weights_argument(parser)
@@ -65,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bank", type=int, default=40000,
                         help="training locations of the nearest-neighbour reference (0: no references)")
+    parser.add_argument("--feature-scale", nargs="*", metavar="BACKBONE",
+                        help=f"only the feature scale per backbone (none named: {', '.join(SCALE_BACKBONES)})")
+    parser.add_argument("--images", type=int, default=32, help="--feature-scale: first N training images")
     return parser.parse_args(argv)
 
 
@@ -156,16 +147,12 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
     def cell(row: dict[str, float]) -> str:
         return f"{fmt(row['image_auroc'], '.3f')} / {fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}"
 
-    def setting(run: dict[str, Any]) -> tuple[float, str, bool]:
-        return run["relative_noise_std"], str(run["hidden"]), run["location_gaussian"]
-
-    rows = [[run["category"], str(run["relative_noise_std"]), run["hidden"], str(run["location_gaussian"]),
-             *(cell(row) for row in run["rows"])] for run in runs]
-    for relative, hidden, gaussian in sorted({setting(run) for run in runs}):
-        chosen = [run for run in runs if setting(run) == (relative, hidden, gaussian)]
+    setting = operator.itemgetter("relative_noise_std", "hidden", "location_gaussian")
+    rows = [[run["category"], *map(str, setting(run)), *(cell(row) for row in run["rows"])] for run in runs]
+    for key in sorted({setting(run) for run in runs}):
+        chosen = [run for run in runs if setting(run) == key]
         means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        rows.append([f"mean image AUROC ({len(chosen)} categories)", str(relative), hidden, str(gaussian),
-                     *(fmt(m, ".3f") for m in means)])
+        rows.append([f"mean image AUROC ({len(chosen)} categories)", *map(str, key), *(fmt(m, ".3f") for m in means)])
     header = ["category", "σ (relative)", "hidden", "location Gaussian", *map(str, range(1, epochs + 1))]
     lines = ["image AUROC / pixel AUROC / validation loss on validation images (raw scores), per epoch", "",
              markdown_table(header, rows)]
@@ -177,8 +164,36 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def feature_scale_table(args: argparse.Namespace, category: str) -> str:
+    """Per backbone: SimpleNet's default layers and feature size, the scale ``sqrt(mean_c Var_c)`` of the features of
+    the first ``--images`` training images, the default σ and the official absolute σ against that scale. Backbones
+    without packaged weights run with random weights, labelled as such: their scale shows plumbing only."""
+    files = sorted((args.data_root / category / "train" / "good").glob("*"))[: args.images]
+    print(f"{category}: first {len(files)} training images, {args.image_size} px")
+    rows = []
+    for backbone in args.feature_scale or SCALE_BACKBONES:
+        torch.manual_seed(0)
+        model = SimpleNet(backbone=backbone, pre_trained=backbone in PACKAGED_WEIGHTS, image_size=args.image_size)
+        network, moments = model.model.eval(), FeatureMoments()
+        for start in range(0, len(files), 8):  # images differ in size: each resized, then batched
+            batch = [read_image(file, as_tensor=True)[None] for file in files[start : start + 8]]
+            moments.update(network.extract_features(torch.cat([model.pre_processor.transform(b) for b in batch])))
+        scale, relative = float(moments.scale()), network.noise_generator.relative_noise_std
+        layers = ", ".join(network.feature_extractor.feature_info.module_name())
+        rows.append([backbone, weights_source(network.feature_extractor), layers, network.aggregator.out_channels,
+                     f"{scale:.4g}", f"{relative * scale:.4g}", f"1/{scale / OFFICIAL_NOISE_STD:.0f}"])
+        print(f"{backbone}: feature scale {scale:.4g}", flush=True)
+    return markdown_table(["backbone", "weights", "layers", "D", "feature scale",
+                           f"default σ ({DEFAULT_RELATIVE_NOISE_STD} × scale)", "0.015 / scale"], rows)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.feature_scale is not None:
+        for category in args.categories:
+            print(feature_scale_table(args, category))
+        return []
     args.output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     runs: list[dict[str, Any]] = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -56,3 +58,12 @@ def magnetic_tile_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"real data not found at {SHARED_DATA / 'magnetic_tile'}")
     return lab_data.subset(SHARED_DATA, "magnetic_tile", tmp_path_factory.mktemp("magnetic_tile_subset"),
                            max_train=24, test_good=8, test_defects=4, defects=["blowhole", "crack"])
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

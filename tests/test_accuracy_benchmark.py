@@ -5,14 +5,12 @@ Plumbing only (random weights, one epoch, synthetic images): the figures mean no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .conftest import load_benchmark
 
 # Trains five models, each in its own process.
 pytestmark = pytest.mark.slow
@@ -21,17 +19,9 @@ MODELS = ["simplenet", "padim", "patchcore", "glass", "supersimplenet"]
 METRICS = ("image_AUROC", "pixel_AUROC", "image_F1Score", "pixel_F1Score")
 
 
-def _load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_accuracy", REPO_ROOT / "benchmarks" / "accuracy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.filterwarnings("ignore")
 def test_every_model_is_trained_and_scored_on_the_shared_weights(synthetic_root: Path, tmp_path: Path) -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark("accuracy")
     # 128 px: anomalib's Supersimplenet Perlin noise fails at 64 px.
     results = benchmark.main(["--category", "synthetic", "--data-root", str(synthetic_root), "--weights", "random",
                               "--image-size", "128", "--epochs", "1", "--peer-epochs", "1", "--num-workers", "0",

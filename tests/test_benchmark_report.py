@@ -10,7 +10,7 @@ import pytest
 import torch
 from anomalib.deploy import CompressionType
 
-from anomalib_simplenet.benchmark.cli import main
+from anomalib_simplenet.benchmark.run import main
 from anomalib_simplenet.lab import export as export_module
 from anomalib_simplenet.lab.data import subset as make_subset
 from anomalib_simplenet.data import subset

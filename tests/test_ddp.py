@@ -23,7 +23,7 @@ import anomalib_simplenet
 from anomalib_simplenet.data import make_synthetic_mvtec
 
 from . import ddp_support
-from .conftest import anomalib_command
+from .conftest import anomalib_command, load_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +185,21 @@ def test_two_gpus_fit_what_one_cpu_process_fits(ddp_data: Path, tmp_path: Path) 
     one = run_single("DistillClassifier", ddp_data, "synthetic", tmp_path / "cpu", "--frozen")
     for key, value in one["state"].items():
         torch.testing.assert_close(two["state"][key], value, rtol=1e-3, atol=1e-4, equal_nan=True, msg=key)
+
+
+def test_scaling_benchmark_times_one_and_two_processes(synthetic_root: Path, tmp_path: Path) -> None:
+    """``benchmarks/ddp_scaling.py``: one record per process count, rank 0's epoch times, every rank's peak memory,
+    test metrics on the same images whatever the process count, and the JSON file."""
+    load_benchmark("ddp_scaling").main([
+        "--data-root", str(synthetic_root), "--category", "synthetic", "--train", "8", "--test-good", "4",
+        "--test-defects", "2", "--image-size", "64", "--epochs", "2", "--batch", "4", "--models", "UNetAE",
+        "--procs", "1", "2", "--out", str(tmp_path),
+    ])  # fmt: skip
+    records = json.loads((tmp_path / "ddp_scaling_seed0.json").read_text())
+    assert [(r["model"], r["procs"], len(r["peak_rss_mb"])) for r in records] == [("UNetAE", 1, 1), ("UNetAE", 2, 2)]
+    for record in records:
+        assert len(record["epoch_seconds"]) == 2 and all(s > 0 for s in record["epoch_seconds"])
+        assert all(mb > 100 for mb in record["peak_rss_mb"]) and record["rank"] == 0
+        assert all(0.0 <= record["raw"][key] <= 1.0 for key in ("image_auroc", "pixel_auroc"))
+    # Both runs test the same images: the same image AUROC (the test metrics are synchronised over the ranks).
+    assert records[0]["metrics"]["image_AUROC"] == pytest.approx(records[1]["metrics"]["image_AUROC"], abs=1e-4)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .conftest import load_benchmark
 
 # Trains and times every model, exports to OpenVINO.
 pytestmark = pytest.mark.slow
@@ -23,17 +21,8 @@ EXPECTED_ROWS = {
 }
 
 
-def _load_benchmark() -> ModuleType:
-    path = REPO_ROOT / "benchmarks" / "performance.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_performance", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tiny_benchmark_end_to_end(synthetic_root: Path, tmp_path: Path) -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark("performance")
     result = benchmark.main(["--tiny", "--data-root", str(synthetic_root), "--category", "synthetic",
                              "--output", str(tmp_path)])
     rows = result["rows"]

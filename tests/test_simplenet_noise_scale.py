@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
+from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 
 from anomalib_simplenet import SimpleNet
-from anomalib_simplenet.models.simplenet.feature_noise import AnomalyFeatureGenerator
+from anomalib_simplenet.components.backbone import RANDOM_WEIGHTS
+from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD, AnomalyFeatureGenerator
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments, scale_from_moments
 from anomalib_simplenet.models.simplenet.noise_scale import LearnsNothingCheck
 from anomalib_simplenet.models.simplenet.torch_model import SimpleNetModel
 from anomalib_simplenet.lab import data as lab_data
 
-from .conftest import TINY_SIMPLENET
+from .conftest import TINY_SIMPLENET, load_benchmark
 
 
 def test_feature_scale_is_rms_of_per_dimension_std_and_sums_over_shards() -> None:
@@ -155,3 +158,47 @@ def test_tiny_noise_on_real_features_warns_and_names_the_setting(
     assert max(float(metrics["p_normal_epoch"]), float(metrics["p_noised_epoch"])) < 0.1  # not a one-sided case
     assert abs(float(metrics["train_loss_epoch"]) - 1.0) < 0.01
     assert len(warnings) == 1 and "relative_noise_std=0.005" in warnings[0] and "raise relative_noise_std" in warnings[0]
+
+
+@pytest.mark.slow
+def test_sweep_records_validation_curves_per_setting_and_untrained_references(synthetic_root: Path,
+                                                                            tmp_path: Path) -> None:
+    """``benchmarks/simplenet_sweep.py``: one run per setting (here σ 0.4 scored without and with the location
+    Gaussian), one validation row per epoch, the references, and the tables."""
+    runs = load_benchmark("simplenet_sweep").main([
+        "--categories", "synthetic", "--data-root", str(synthetic_root), "--epochs", "2", "--image-size", "64",
+        "--bank", "100", "--relative-noise", "0.4", "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert [(r["relative_noise_std"], r["location_gaussian"]) for r in runs] == [(0.4, False), (0.4, True)]
+    for run in runs:
+        assert [row["epoch"] for row in run["rows"]] == [1, 2] and run["hidden"] > 0
+        assert all(0.0 <= row["image_auroc"] <= 1.0 and row["val_loss"] > 0 for row in run["rows"])
+    # Validation loss does not depend on how the maps are scored: the same training, the same loss.
+    assert [row["val_loss"] for row in runs[0]["rows"]] == [row["val_loss"] for row in runs[1]["rows"]]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(runs))
+    assert len(saved["references"]["synthetic"]) == 3
+    table = (tmp_path / "sweep.md").read_text()
+    assert "mean image AUROC (1 categories)" in table and "nearest of 100 training locations" in table
+
+
+def test_sweep_feature_scale_mode_reports_the_scale_of_the_first_training_images(
+    synthetic_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``benchmarks/simplenet_sweep.py --feature-scale``: one row per backbone with its layers, feature size, the
+    scale of the first ``--images`` training images' features, the default σ and the official σ against it."""
+    load_benchmark("simplenet_sweep").main(["--feature-scale", "resnet18", "--categories", "synthetic",
+                                            "--data-root", str(synthetic_root), "--images", "3", "--image-size", "64"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
+    _, weights, layers, dimension, scale, sigma, official = (cell.strip() for cell in row.strip("|").split("|"))
+    assert (weights, layers, dimension) == (RANDOM_WEIGHTS, "layer2, layer3", "384")
+
+    torch.manual_seed(0)
+    model = SimpleNet(backbone="resnet18", pre_trained=False, image_size=64)
+    files = sorted((synthetic_root / "synthetic" / "train" / "good").glob("*"))[:3]
+    images = torch.cat([model.pre_processor.transform(read_image(f, as_tensor=True)[None]) for f in files])
+    with torch.no_grad():
+        expected = float(FeatureMoments.of(model.model.eval().extract_features(images)).scale())
+    assert float(scale) == pytest.approx(expected, rel=1e-3)
+    assert float(sigma) == pytest.approx(DEFAULT_RELATIVE_NOISE_STD * expected, rel=1e-3)
+    assert official == f"1/{expected / 0.015:.0f}"

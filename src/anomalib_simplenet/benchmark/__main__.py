@@ -1,7 +1,5 @@
 """``python -m anomalib_simplenet.benchmark``."""
 
-import sys
+from .run import main
 
-from .cli import main
-
-sys.exit(main())
+raise SystemExit(main())
