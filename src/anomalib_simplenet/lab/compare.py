@@ -37,12 +37,9 @@ def fit_and_score(
     seed: int = 0, batch: int = 8, num_workers: int = 0, aupro: bool = False, resize_shorter_side: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Fit ``name`` on the shared ``weights`` of ``backbone``, test it, score it raw; the model's result row.
-
-    Only JSON arguments, so that :func:`.isolated.run_isolated` can run it in a process of its own. The row holds
-    ``Engine.test``'s metrics (``image_AUROC`` ...) and :func:`.scores.metrics` (``image_auroc``,
-    ``image_auroc_normalised`` ...). ``options`` go to :func:`.peers.build` (e.g. ``coreset_ratio``).
-    """
+    """Fit ``name`` on the shared ``weights`` of ``backbone``, test and score it: ``Engine.test``'s metrics and
+    :func:`.scores.metrics` in one row. JSON arguments only (for :func:`.isolated.run_isolated`); ``options`` go to
+    :func:`.peers.build`."""
     output_dir = Path(output)
     shared = shared_weights(backbone, parse_weights(weights), seed, output_dir)
     data = datamodule(Path(root), category, batch_size=batch, seed=seed, eval_batch_size=16, num_workers=num_workers)

@@ -1,8 +1,5 @@
-"""Data of every measurement: one subset rule, the datamodule factories, the raw test images.
-
-Validation is a seeded, label-aware part of the test folder, disjoint from the test split: choices are made on
-validation, only test is reported (see ``docs/measuring.md``).
-"""
+"""Data of every measurement: one subset rule, the datamodule factories (validation: a seeded part of the test
+folder, disjoint from the test split), the raw test images."""
 
 from __future__ import annotations
 
@@ -34,11 +31,8 @@ def subset(
     root: Path, category: str, target: Path, max_train: int | None = None, max_test: int | None = None,
     test_good: int | None = None, test_defects: int | None = None, defects: Sequence[str] | None = None,
 ) -> Path:
-    """Evenly spaced files of ``root/category``, copied as ``target/category``; returns ``target``.
-
-    ``max_test`` shares the test images evenly over the test sub-folders; ``test_good`` / ``test_defects``
-    (per defect type) set the two counts apart instead. ``None`` everywhere: every image.
-    """
+    """Evenly spaced files of ``root/category`` copied as ``target/category``; returns ``target``. ``max_test`` is
+    shared evenly over the test sub-folders; ``test_good`` / ``test_defects`` (per defect type) set the counts apart."""
     origin = root / category
     if not (origin / "train").is_dir() or not (origin / "test").is_dir():
         msg = f"--data-root/--category: {origin} is not an MVTec-layout category (needs train/ and test/)"
@@ -53,11 +47,8 @@ def datamodule(
     val_split_ratio: float = 0.5, eval_batch_size: int | None = None, num_workers: int = 0,
     cls: type[MVTecAD] = LocalMVTecAD, **kwargs: Any,  # noqa: ANN401
 ) -> MVTecAD:
-    """One category; validation = a seeded ``val_split_ratio`` of the test folder, disjoint from the test split.
-
-    With ``image_size`` the dataset resizes with the models' own filter, so images of any size batch, also without
-    a trainer linking the datamodule to a model. ``cls``: another MVTecAD class taking these arguments (``kwargs``).
-    """
+    """One category, validated on a seeded ``val_split_ratio`` of the test folder; with ``image_size`` the dataset
+    resizes with the models' own filter (images of any size batch without a model). ``cls``: another MVTecAD class."""
     return cls(
         root=root, category=category, train_batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size,
         num_workers=num_workers, augmentations=AntialiasedResize(image_size) if image_size else None,

@@ -96,10 +96,7 @@ def export_variants(
     input_size: tuple[int, int] | None = None, max_drop: float = 0.01,
 ) -> list[Exported]:
     """Export ``model`` as each of ``variants`` under ``root``; a failing variant records its error and the rest go on.
-
-    The ONNX export (slow: tracing) and its conversion run once for all OpenVINO variants; ``input_size`` fixes the
-    exported image size (``None``: dynamic height and width).
-    """
+    The ONNX export (slow) runs once for all OpenVINO variants; ``input_size=None``: dynamic height and width."""
     import openvino as ov
 
     model.eval()

@@ -1,4 +1,4 @@
-"""Figures of every measurement on bare ``Figure`` objects (the caller's pyplot backend stays as it was)."""
+"""Figures of every measurement, drawn on bare ``Figure`` objects: the caller's pyplot backend stays as it was."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -33,7 +32,6 @@ def plot_report(records: list[dict[str, Any]], path: Path, title: str = "") -> P
     ok = [r for r in records if r["latency_ms_median"] is not None]
     names = [r["variant"] for r in ok]
     figure = Figure(figsize=(16, 4.8))
-    FigureCanvasAgg(figure)
     scatter, speed, size = figure.subplots(1, 3)
     for index, record in enumerate(ok):  # a legend, not annotations: variants of equal accuracy overlap
         scatter.scatter(record["latency_ms_median"], record["image_auroc"], s=50, marker="osD^v<>p"[index % 8],
@@ -74,7 +72,6 @@ def metric_figure(results: Sequence[Any], metrics: Sequence[str], title: str = "
 def roc_figure(curves: Mapping[str, tuple[list[float], list[float], float]], path: Path, title: str) -> Path:
     """Test ROC curves, one per model: ``label → (fpr, tpr, auroc)``."""
     figure = Figure(figsize=(5.5, 5), layout="constrained")
-    FigureCanvasAgg(figure)
     axis = figure.subplots()
     for label, (fpr, tpr, value) in curves.items():
         axis.plot(fpr, tpr, label=f"{label} (AUROC {value:.3f})")

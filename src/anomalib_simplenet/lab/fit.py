@@ -154,10 +154,7 @@ def fit(  # noqa: PLR0913 (every measurement's fit: its options are the union of
     prefix: str = "", **engine_args: Any,
 ) -> FitResult:
     """Fit ``model`` on ``data`` with anomalib's ``Engine`` in ``run_dir``; never raises (see :func:`guarded`).
-
-    ``patience``: early stopping on ``val_loss`` and the checkpoint of lowest ``val_loss`` loaded at the end
-    (``None``: the weights after the last epoch, no checkpoint written). ``test``: ``Engine.test`` afterwards.
-    """
+    ``patience``: early stopping on ``val_loss``, its best checkpoint loaded at the end (``None``: the last weights)."""
     result = FitResult(name, run_dir)
     with guarded(result, prefix):
         if seed is not None:

@@ -1,7 +1,4 @@
-"""Speed and memory: peak memory, interleaved inference runs, the runners of exported models and their measurement.
-
-A runner maps images ``(N, 3, H, W)`` float in [0, 1] to outputs by name (``pred_score`` ``(N,)``, ``anomaly_map``).
-"""
+"""Speed and memory: peak memory, interleaved inference runs, the runners of exported models and their measurement."""
 
 from __future__ import annotations
 
@@ -24,6 +21,7 @@ from anomalib_simplenet.deploy.quantization import prediction_from_outputs
 
 from .scores import auroc, f1_score
 
+# Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...).
 Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 MEASURED = ("latency_ms_median", "latency_ms_p95", "throughput_ips", "image_auroc", "pixel_auroc", "image_f1")
 
@@ -39,20 +37,16 @@ def _status_mb(name: str) -> float | None:
 
 def rss_mb() -> float:
     """Current resident set size of this process in MiB."""
-    value = _status_mb("VmRSS")
-    if value is None:
-        import psutil
+    if (value := _status_mb("VmRSS")) is not None:
+        return value
+    import psutil
 
-        value = psutil.Process().memory_info().rss / 2**20
-    return value
+    return psutil.Process().memory_info().rss / 2**20
 
 
 class PeakMemory:
-    """Context manager: peak memory above the level at entry (``peak_mb``) and the absolute peak, in MiB.
-
-    CPU: the resident set (Linux: the ``VmHWM`` high-water mark, reset through ``/proc/self/clear_refs``; elsewhere
-    RSS sampled every 2 ms); GPU: ``torch.cuda.max_memory_allocated``.
-    """
+    """Context manager: peak memory above the level at entry (``peak_mb``) and the absolute peak, in MiB: on CPU the
+    resident set (Linux: its high-water mark; elsewhere sampled every 2 ms), on GPU the allocated memory."""
 
     def __init__(self, device: torch.device | str = "cpu", collect: bool = True) -> None:
         self.cuda, self.collect = torch.device(device).type == "cuda", collect
@@ -112,11 +106,8 @@ def measure_inference(
     runners: dict[str, Callable[[torch.Tensor], Any]], batch: torch.Tensor, throughput_runs: int, latency_runs: int,
     cuda: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Throughput at ``batch``, batch-1 latency (medians) and peak memory per batch for every runner.
-
-    Runs are interleaved (round r runs every model once, starting at a rotating model) so that load from other
-    processes spreads over all models instead of hitting one.
-    """
+    """Throughput at ``batch``, batch-1 latency (medians) and peak memory per batch for every runner; runs are
+    interleaved (round r runs every model once, from a rotating start) so that other load spreads over all models."""
     names, single = list(runners), batch[:1]
     for name in names:  # warm-up: first-call allocations, oneDNN/OpenVINO kernel selection
         runners[name](batch)
@@ -124,9 +115,10 @@ def measure_inference(
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
     for round_index in range(max(throughput_runs, latency_runs)):
         for name in names[round_index % len(names):] + names[: round_index % len(names)]:
-            for runs, images, kept in ((throughput_runs, batch, times[name][0]), (latency_runs, single, times[name][1])):
-                if round_index < runs:
-                    kept.append(timed(lambda name=name, images=images: runners[name](images), cuda))
+            if round_index < throughput_runs:
+                times[name][0].append(timed(lambda name=name: runners[name](batch), cuda))
+            if round_index < latency_runs:
+                times[name][1].append(timed(lambda name=name: runners[name](single), cuda))
     results = {}
     for name, (batch_times, single_times) in times.items():
         with PeakMemory("cuda" if cuda else "cpu") as memory:

@@ -1,9 +1,5 @@
-"""Map offset: how far an anomaly map's hot region sits from the defect it found, in pixels, signed.
-
-Per defective image: the centroid of the hottest ``top_fraction`` of the map's pixels minus the centroid of the mask.
-Positive ``dx``/``dy``: the map sits right of / below the defect. A feature grid resampled at the wrong positions
-shows as an offset of the same sign on every image (false positives elsewhere move the centroid too).
-"""
+"""Map offset: the centroid of an anomaly map's hottest ``top_fraction`` of pixels minus that of the defect's mask,
+in pixels (positive: right of / below the defect); a misplaced feature grid shows as the same sign on every image."""
 
 from __future__ import annotations
 

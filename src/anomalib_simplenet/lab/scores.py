@@ -25,11 +25,8 @@ PIXEL_SIZE = 128
 
 @dataclass
 class Predictions:
-    """Image scores ``(N,)``, labels ``(N,)``; maps and masks ``(N, h, w)`` (``masks`` None without any mask).
-
-    ``normalised_*``: the same outputs after the model's post-processor (None when it has none), which min-max
-    normalises with validation statistics and clamps to [0, 1]: test images beyond the validation range tie.
-    """
+    """Image scores ``(N,)``, labels ``(N,)``; maps and masks ``(N, h, w)`` (``masks`` None without any mask);
+    ``normalised_*``: the same after the model's post-processor (min-max with validation statistics, clamped)."""
 
     scores: np.ndarray
     labels: np.ndarray
