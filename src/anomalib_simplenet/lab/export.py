@@ -42,9 +42,10 @@ class Variant:
 
 TORCH_FP32 = Variant("torch FP32", "torch")
 OPENVINO_FP32 = Variant("OpenVINO FP32", "openvino")
-OPENVINO_FP16, OPENVINO_INT8, OPENVINO_INT8_PTQ, OPENVINO_INT8_ACQ = (
-    Variant(f"OpenVINO {c.name}", "openvino", c) for c in (CompressionType.FP16, CompressionType.INT8,
-                                                         CompressionType.INT8_PTQ, CompressionType.INT8_ACQ))
+OPENVINO_FP16 = Variant("OpenVINO FP16", "openvino", CompressionType.FP16)
+OPENVINO_INT8 = Variant("OpenVINO INT8", "openvino", CompressionType.INT8)
+OPENVINO_INT8_PTQ = Variant("OpenVINO INT8_PTQ", "openvino", CompressionType.INT8_PTQ)
+OPENVINO_INT8_ACQ = Variant("OpenVINO INT8_ACQ", "openvino", CompressionType.INT8_ACQ)
 
 
 def select_variants(with_acq: bool = False) -> list[Variant]:
