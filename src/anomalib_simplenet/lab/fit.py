@@ -76,10 +76,11 @@ class LossHistory(Callback):
 
 class EpochTimer(Callback):
     """Per training epoch: seconds without validation, the highest training-step memory peak (``step_peak_mb``
-    absolute, ``step_extra_mb`` above the step's start) and the RSS at the epoch's end."""
+    absolute, ``step_extra_mb`` above the step's start) and the RSS at the epoch's end; every step's ``losses``."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self.losses: list[float] = []
         self._start: float | None = None
         self._validation = self._peak = self._extra = 0.0
         self._memory: PeakMemory | None = None
@@ -101,6 +102,8 @@ class EpochTimer(Callback):
         if self._memory is not None:
             self._memory.__exit__(None, None, None)
             self._peak, self._extra = max(self._peak, self._memory.absolute_mb), max(self._extra, self._memory.peak_mb)
+        if isinstance(outputs, dict) and "loss" in outputs:
+            self.losses.append(float(outputs["loss"]))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._start is not None:
@@ -120,6 +123,7 @@ class FitResult:
     model: AnomalibModule | None = None
     history: list[dict[str, float]] = field(default_factory=list)  # LossHistory rows
     epochs: list[dict[str, float]] = field(default_factory=list)  # EpochTimer rows
+    losses: list[float] = field(default_factory=list)  # every training step's loss
     best_epoch: int | None = None  # epoch (from 1) of the checkpoint kept, None = the weights at the end
     checkpoint: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # Engine.test metrics (normalised scores)
@@ -175,7 +179,7 @@ def fit(  # noqa: PLR0913 (every measurement's fit: its options are the union of
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
             model.load_state_dict(state["state_dict"])
             result.best_epoch, result.checkpoint = int(state["epoch"]) + 1, checkpoint.best_model_path
-        result.model, result.history, result.epochs = model, history.rows(), timer.epochs
+        result.model, result.history, result.epochs, result.losses = model, history.rows(), timer.epochs, timer.losses
         if result.history:
             history.save_csv(run_dir / "history.csv")
         if test:
