@@ -31,7 +31,7 @@ def subset(
     root: Path, category: str, target: Path, max_train: int | None = None, max_test: int | None = None,
     test_good: int | None = None, test_defects: int | None = None, defects: Sequence[str] | None = None,
 ) -> Path:
-    """Evenly spaced files of ``root/category`` copied as ``target/category``; returns ``target``. ``max_test`` is
+    """Evenly spaced files of ``root/category`` linked as ``target/category``; returns ``target``. ``max_test`` is
     shared evenly over the test sub-folders; ``test_good`` / ``test_defects`` (per defect type) set the counts apart."""
     origin = root / category
     if not (origin / "train").is_dir() or not (origin / "test").is_dir():
