@@ -85,3 +85,24 @@ def test_images_by_label_takes_the_first_of_each_label_across_batches() -> None:
     normal, anomalous = images_by_label(batches, 2, 2, transform=lambda images: images * 2)
     assert [float(i) for i in normal] == [2.0, 4.0]  # batch 0's normals, doubled by the transform
     assert [float(i) for i in anomalous] == [0.0, 22.0]  # batch 0's first image, then batch 1's second
+
+
+def test_variant_records_compare_with_the_reference_and_keep_failed_rows() -> None:
+    """Ratios and accuracy differences against torch FP32; a variant that failed keeps its row, its numbers empty."""
+    from anomalib_simplenet.lab.export import OPENVINO_FP16, OPENVINO_INT8, TORCH_FP32, Exported, row_record
+
+    def measured(latency: float, ips: float, image_auroc: float, scores: list[float]) -> dict:
+        return {"latency_ms_median": latency, "latency_ms_p95": 2 * latency, "throughput_ips": ips,
+                "image_auroc": image_auroc, "pixel_auroc": 0.5, "image_f1": 0.8, "scores": scores}
+
+    reference = Exported(TORCH_FP32, size_bytes=4_000_000, measurement=measured(10.0, 100.0, 0.9, [0.1, 0.7]))
+    fp16 = Exported(OPENVINO_FP16, size_bytes=2_000_000, measurement=measured(5.0, 300.0, 0.85, [0.1, 0.75]))
+    failed = Exported(OPENVINO_INT8, error="RuntimeError: injected")
+    record = row_record(fp16, reference)
+    assert record["size_ratio"] == 0.5 and record["speedup_latency"] == 2.0 and record["speedup_throughput"] == 3.0
+    assert record["image_auroc_delta_pts"] == pytest.approx(-5.0) and record["pixel_auroc_delta_pts"] == 0.0
+    assert record["max_abs_score_diff"] == pytest.approx(0.05) and record["scores"] == [0.1, 0.75]
+    record = row_record(failed, reference)
+    assert record["status"] == "failed: RuntimeError: injected" and record["latency_ms_median"] is None
+    assert record["speedup_latency"] is None and record["max_abs_score_diff"] is None and record["scores"] is None
+    assert list(row_record(reference, reference))[:4] == ["variant", "status", "size_mb", "export_s"]

@@ -1,13 +1,8 @@
-"""One model of a comparison (SimpleNet or an anomalib peer on the same weights), fitted, tested and scored.
-
-:func:`fit_and_score` takes only JSON values, so that :func:`anomalib_simplenet.lab.isolated.run_isolated` can run
-it in a process of its own. It returns anomalib's ``Engine.test`` metrics (normalised scores, keys as anomalib
-names them: ``image_AUROC`` ...) and the same model's raw-score metrics with their normalised twins
-(:func:`anomalib_simplenet.lab.scores.metrics`: ``image_auroc``, ``image_auroc_normalised`` ...).
-"""
+"""One model of a comparison (SimpleNet or an anomalib peer on the same weights), fitted, tested and scored."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +23,10 @@ def evaluator(with_aupro: bool) -> Any:
     """anomalib's default test metrics, plus AUPRO when asked."""
     from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 
-    metrics = [
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-    ]
+    metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+               F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+               AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+               F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False)]
     if with_aupro:
         metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
     return Evaluator(test_metrics=metrics)
@@ -44,10 +37,9 @@ def fit_and_score(
     seed: int = 0, batch: int = 8, num_workers: int = 0, aupro: bool = False, resize_shorter_side: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Fit ``name`` on the shared ``weights`` of ``backbone``, test it, score it raw; the model's result row.
-
-    ``options`` go to :func:`anomalib_simplenet.lab.peers.build` (e.g. ``coreset_ratio``, ``n_features``).
-    """
+    """Fit ``name`` on the shared ``weights`` of ``backbone``, test and score it: ``Engine.test``'s metrics and
+    :func:`.scores.metrics` in one row. JSON arguments only (for :func:`.isolated.run_isolated`); ``options`` go to
+    :func:`.peers.build`."""
     output_dir = Path(output)
     shared = shared_weights(backbone, parse_weights(weights), seed, output_dir)
     data = datamodule(Path(root), category, batch_size=batch, seed=seed, eval_batch_size=16, num_workers=num_workers)
@@ -62,6 +54,6 @@ def fit_and_score(
     row.update(fit_s=result.fit_s, test_images_per_s=len(data.test_data) / result.test_s, epochs=len(result.epochs),
                note=note, weights=shared.source)
     per_epoch = [{k: round(v, 4) for k, v in r.items() if k != "epoch"} for r in result.history]
-    if any("val_loss" in r and r["val_loss"] == r["val_loss"] for r in per_epoch):
+    if any(not math.isnan(r.get("val_loss", math.nan)) for r in per_epoch):
         row["per_epoch"] = per_epoch
     return row

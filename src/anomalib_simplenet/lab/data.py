@@ -1,11 +1,5 @@
-"""Data of every measurement: one subset rule, one datamodule factory, the raw test images.
-
-Subset rule: evenly spaced files of each folder in sorted order (``train/good``, ``test/good``, each defect
-type with its masks), linked under a run folder; ``max_test`` images of the test folder are shared evenly over
-its sub-folders. Datamodule: :class:`LocalMVTecAD` (anomalib's MVTecAD with clear errors and any image format)
-whose validation split is a seeded, label-aware part of the test folder (``val_split_mode="from_test"``),
-disjoint from the test split: choices are made on validation, only test is reported.
-"""
+"""Data of every measurement: one subset rule, the datamodule factories (validation: a seeded part of the test
+folder, disjoint from the test split), the raw test images."""
 
 from __future__ import annotations
 
@@ -30,19 +24,15 @@ def test_share(category_dir: Path, max_test: int | None) -> int | None:
     """Images per test sub-folder so that about ``max_test`` test images are taken (``None``: all)."""
     if max_test is None:
         return None
-    folders = [p for p in (category_dir / "test").iterdir() if p.is_dir()]
-    return max(1, max_test // max(1, len(folders)))
+    return max(1, max_test // max(1, sum(p.is_dir() for p in (category_dir / "test").iterdir())))
 
 
 def subset(
     root: Path, category: str, target: Path, max_train: int | None = None, max_test: int | None = None,
     test_good: int | None = None, test_defects: int | None = None, defects: Sequence[str] | None = None,
 ) -> Path:
-    """Linked subset of ``root/category`` as ``target/category``; returns ``target`` (the datamodule root).
-
-    ``max_test`` shares the test images evenly over the test sub-folders; ``test_good`` / ``test_defects``
-    (per defect type) set the two counts apart instead. ``None`` everywhere: every image.
-    """
+    """Evenly spaced files of ``root/category`` linked as ``target/category``; returns ``target``. ``max_test`` is
+    shared evenly over the test sub-folders; ``test_good`` / ``test_defects`` (per defect type) set the counts apart."""
     origin = root / category
     if not (origin / "train").is_dir() or not (origin / "test").is_dir():
         msg = f"--data-root/--category: {origin} is not an MVTec-layout category (needs train/ and test/)"
@@ -57,12 +47,8 @@ def datamodule(
     val_split_ratio: float = 0.5, eval_batch_size: int | None = None, num_workers: int = 0,
     cls: type[MVTecAD] = LocalMVTecAD, **kwargs: Any,  # noqa: ANN401
 ) -> MVTecAD:
-    """One category; validation = a seeded ``val_split_ratio`` of the test folder, disjoint from the test split.
-
-    With ``image_size`` the dataset resizes with the models' own filter, so images of any size batch, also when
-    no trainer links the datamodule to a model (e.g. calibration after loading a checkpoint). ``cls``: another
-    MVTecAD datamodule class taking the same arguments; ``kwargs`` go to it.
-    """
+    """One category, validated on a seeded ``val_split_ratio`` of the test folder; with ``image_size`` the dataset
+    resizes with the models' own filter (images of any size batch without a model). ``cls``: another MVTecAD class."""
     return cls(
         root=root, category=category, train_batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size,
         num_workers=num_workers, augmentations=AntialiasedResize(image_size) if image_size else None,
@@ -74,18 +60,14 @@ class LocalMultiCategory(MultiCategoryMVTec):
     """:class:`MultiCategoryMVTec` over local folders (any image format; categories without masks allowed)."""
 
     def category_dataset(self, category: str, split: Split) -> MVTecADDataset:
-        """The category's split read by :class:`LocalDataset`."""
         return LocalDataset(self.root, category, split)
 
 
 def union_datamodule(
     root: Path, categories: Sequence[str], image_size: tuple[int, int], batch_size: int, seed: int
 ) -> LocalMultiCategory:
-    """All categories at once (classes = categories); validation loss on a seeded fifth of the training images.
-
-    Per-category validation splits are drawn per category, so a split of the union's test folders would mix
-    their test images into its validation set: the union validates on held-out training images instead.
-    """
+    """All categories at once (classes = categories), validated on a seeded fifth of the training images: a split
+    of the union's test folders would mix the categories' test images into validation."""
     return LocalMultiCategory(
         root=root, categories=list(categories), train_batch_size=batch_size, eval_batch_size=batch_size,
         num_workers=0, augmentations=AntialiasedResize(image_size), val_split_mode="from_train",
@@ -97,11 +79,8 @@ def prepare_categories(
     source: Path | None, categories: Sequence[str], target: Path, max_train: int | None, max_test: int | None,
     synthetic_size: int = 128,
 ) -> tuple[Path, list[str]]:
-    """:func:`subset` of each category under ``target``; return ``(target, notes)``.
-
-    A category missing under ``source`` (or ``source=None``) is generated with :func:`make_synthetic_mvtec`
-    instead (seeded by its position, so two synthetic categories differ), and its note says so.
-    """
+    """:func:`subset` of each category under ``target``; returns ``(target, notes)``. A category missing under
+    ``source`` (or ``source=None``) is generated synthetic instead (seeded by its position), and its note says so."""
     notes = []
     for index, category in enumerate(categories):
         origin = source / category if source is not None else None
@@ -112,8 +91,7 @@ def prepare_categories(
             test = "all test images" if share is None else f"≤{share} test images per sub-folder"
             notes.append(f"{category}: {origin} ({train} training images, {test})")
         else:
-            n_train = max_train or 60
-            per_folder = max(2, (max_test or 30) // 3)
+            n_train, per_folder = max_train or 60, max(2, (max_test or 30) // 3)
             make_synthetic_mvtec(target, category=category, image_size=synthetic_size, n_train=n_train,
                                  n_test_good=per_folder, n_test_defect=per_folder, seed=index)
             why = "no --data-root" if origin is None else f"no folder {origin}"
@@ -136,13 +114,10 @@ def load_test_samples(data: LocalMVTecAD) -> list[TestSample]:
     data.setup("test")
     samples = []
     for row in data.test_data.samples.itertuples():
-        mask_path = getattr(row, "mask_path", "") or ""
-        image = read_image(row.image_path, as_tensor=True)
-        if int(row.label_index) == 1 and mask_path:
-            mask = read_mask(mask_path, as_tensor=True)
-        else:
-            mask = torch.zeros(image.shape[-2:], dtype=torch.uint8)
-        samples.append(TestSample(Path(row.image_path), image, int(row.label_index), mask))
+        image, label = read_image(row.image_path, as_tensor=True), int(row.label_index)
+        mask_path = (getattr(row, "mask_path", "") or "") if label == 1 else ""
+        mask = read_mask(mask_path, as_tensor=True) if mask_path else torch.zeros(image.shape[-2:], dtype=torch.uint8)
+        samples.append(TestSample(Path(row.image_path), image, label, mask))
     return samples
 
 

@@ -1,12 +1,5 @@
-"""Deployment variants of a trained model: export each (torch FP32, OpenVINO FP32/FP16/INT8/INT8_PTQ/INT8_ACQ),
-measure each on the raw test images, and the table comparing them with torch FP32.
-
-Each OpenVINO variant repeats what ``Engine.export(model, ExportType.OPENVINO, compression_type=...)`` does
-(``ov.convert_model`` of the ONNX graph, compression, ``ov.save_model``) without re-tracing the model for every
-variant. INT8 (weights) goes through the model's own ``_compress_ov_model`` (anomalib's NNCF call); INT8_PTQ and
-INT8_ACQ through :mod:`anomalib_simplenet.deploy.quantization`, which fixes anomalib 2.7's versions and is what
-``Engine.export`` runs for models that carry ``QuantizationFixesMixin``.
-"""
+"""Deployment variants of a trained model (torch FP32, OpenVINO FP32/FP16/INT8/INT8_PTQ/INT8_ACQ): export each,
+measure each on the raw test images, and the table comparing them with torch FP32 (see ``docs/measuring.md``)."""
 
 from __future__ import annotations
 
@@ -22,7 +15,7 @@ from anomalib.deploy import CompressionType
 from anomalib_simplenet.deploy import accuracy_control_quantize, post_training_quantize
 
 from .data import load_test_samples
-from .latency import Measurement, load_runner, measure
+from .latency import MEASURED, load_runner, measure
 from .report import fmt, markdown_table
 
 if TYPE_CHECKING:
@@ -70,13 +63,7 @@ class Exported:
     size_bytes: int | None = None
     seconds: float | None = None
     error: str | None = None
-    measurement: Measurement | None = None
-
-
-def files_size(path: Path) -> int:
-    """Bytes on disk of a model file, with the ``.bin`` weights next to an OpenVINO ``.xml``."""
-    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
-    return sum(file.stat().st_size for file in files if file.is_file())
+    measurement: dict[str, Any] | None = None  # of :func:`.latency.measure`
 
 
 def short_error(error: BaseException) -> str:
@@ -98,7 +85,7 @@ def openvino_variant(
         ov_model = accuracy_control_quantize(ov_model, datamodule, max_drop=max_drop)
     elif compression == CompressionType.INT8_PTQ:
         ov_model = post_training_quantize(ov_model, datamodule)
-    elif compression == CompressionType.INT8:
+    elif compression == CompressionType.INT8:  # weights only: anomalib's own NNCF call
         ov_model = model._compress_ov_model(ov_model, compression, datamodule)
     target.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, target, compress_to_fp16=compression == CompressionType.FP16)
@@ -110,10 +97,7 @@ def export_variants(
     input_size: tuple[int, int] | None = None, max_drop: float = 0.01,
 ) -> list[Exported]:
     """Export ``model`` as each of ``variants`` under ``root``; a failing variant records its error and the rest go on.
-
-    The ONNX export (slow: tracing) and its conversion run once for all OpenVINO variants; ``input_size`` fixes the
-    exported image size (``None``: dynamic height and width).
-    """
+    The ONNX export (slow) runs once for all OpenVINO variants; ``input_size=None``: dynamic height and width."""
     import openvino as ov
 
     model.eval()
@@ -121,8 +105,7 @@ def export_variants(
     graph: ov.Model | BaseException | None = None
     for index, variant in enumerate(variants, start=1):
         print(f"[export {index}/{len(variants)}] {variant.name} ...", flush=True)
-        start = time.perf_counter()
-        result = Exported(variant)
+        start, result = time.perf_counter(), Exported(variant)
         try:
             if variant.runtime == "torch":
                 path = model.to_torch(root / variant.slug)
@@ -134,9 +117,10 @@ def export_variants(
                         graph = error
                 if isinstance(graph, BaseException):
                     raise graph
-                target = root / variant.slug / "model.xml"
-                path = openvino_variant(model, graph, target, variant.compression, datamodule, max_drop)
-            result.path, result.size_bytes = path, files_size(path)
+                path = openvino_variant(model, graph, root / variant.slug / "model.xml", variant.compression,
+                                        datamodule, max_drop)
+            files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]  # IR: weights beside
+            result.path, result.size_bytes = path, sum(f.stat().st_size for f in files if f.is_file())
         except Exception as error:  # noqa: BLE001 (one variant's failure must not stop the others)
             logger.warning("export of %s failed:\n%s", variant.name, traceback.format_exc())
             result.error = short_error(error)
@@ -153,23 +137,21 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
 
 def row_record(row: Exported, reference: Exported) -> dict[str, Any]:
     """Flat record of a variant: absolute numbers, ratios / differences against ``reference`` (torch FP32)."""
-    m, ref = row.measurement, reference.measurement
+    m, ref = row.measurement or {}, reference.measurement or {}
     record: dict[str, Any] = {
         "variant": row.variant.name, "status": "ok" if row.error is None else f"failed: {row.error}",
         "size_mb": None if row.size_bytes is None else row.size_bytes / 1e6, "export_s": row.seconds,
+        **{key: m.get(key) for key in MEASURED}, "size_ratio": _ratio(row.size_bytes, reference.size_bytes),
+        "speedup_latency": _ratio(ref.get("latency_ms_median"), m.get("latency_ms_median")),
+        "speedup_throughput": _ratio(m.get("throughput_ips"), ref.get("throughput_ips")),
     }
-    for key in ("latency_ms_median", "latency_ms_p95", "throughput_ips", "image_auroc", "pixel_auroc", "image_f1"):
-        record[key] = None if m is None else getattr(m, key)
-    record["size_ratio"] = _ratio(row.size_bytes, reference.size_bytes)
-    record["speedup_latency"] = _ratio(ref and ref.latency_ms_median, m and m.latency_ms_median)
-    record["speedup_throughput"] = _ratio(m and m.throughput_ips, ref and ref.throughput_ips)
     for key in ("image_auroc", "pixel_auroc", "image_f1"):
-        value, base = record[key], ref and getattr(ref, key)
+        value, base = m.get(key), ref.get(key)
         record[f"{key}_delta_pts"] = None if value is None or base is None else 100.0 * (value - base)
-    both = m is not None and ref is not None and len(m.scores) == len(ref.scores) > 0
-    record["max_abs_score_diff"] = max(abs(a - b) for a, b in zip(m.scores, ref.scores)) if both else None
-    record["scores"] = None if m is None else m.scores
-    return record
+    scores, reference_scores = m.get("scores"), ref.get("scores")
+    both = scores and reference_scores and len(scores) == len(reference_scores)
+    record["max_abs_score_diff"] = max(abs(a - b) for a, b in zip(scores, reference_scores)) if both else None
+    return {**record, "scores": scores}
 
 
 def variants_table(records: list[dict[str, Any]]) -> str:

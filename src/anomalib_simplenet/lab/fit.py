@@ -1,10 +1,4 @@
-"""One fit of every measurement: callbacks (loss history, epoch timer), one result type, a fit that never raises.
-
-:func:`fit` trains with anomalib's ``Engine`` (optionally early stopping and keeping the checkpoint of lowest
-validation loss), optionally tests, and records losses, epoch times and memory; :func:`guarded` is its error
-handling for runs built elsewhere (the sweep's CLI-built engine): a failure becomes ``status="failed"`` with the
-error and an ``error.txt`` traceback, and the caller's loop goes on.
-"""
+"""One fit for every measurement: per-epoch losses and timings, one result type, a fit that never raises."""
 
 from __future__ import annotations
 
@@ -40,41 +34,37 @@ def _metric(trainer: Trainer, *names: str) -> float:
 
 
 class LossHistory(Callback):
-    """``train_loss`` and ``val_loss`` (and any ``extra`` logged keys) once per epoch while fitting, read after the
-    model's own epoch-end hooks have logged; sanity checks are ignored. ``prefix``: one progress line per epoch."""
+    """``train_loss`` and ``val_loss`` (and the ``extra`` logged keys) per epoch, read after the model's own
+    epoch-end hooks; sanity checks are ignored. ``prefix``: one progress line per epoch."""
 
-    def __init__(self, train_key: str = "train_loss", val_key: str = "val_loss", extra: Sequence[str] = (),
-                 prefix: str = "") -> None:
-        self.train_key, self.val_key, self.extra, self.prefix = train_key, val_key, tuple(extra), prefix
+    def __init__(self, extra: Sequence[str] = (), prefix: str = "") -> None:
+        self.extra, self.prefix = tuple(extra), prefix
         self.epochs: dict[int, dict[str, float]] = {}
 
-    def _row(self, epoch: int) -> dict[str, float]:
-        return self.epochs.setdefault(epoch, {"train_loss": math.nan, "val_loss": math.nan})
+    def _row(self, trainer: Trainer) -> dict[str, float]:
+        return self.epochs.setdefault(trainer.current_epoch, {"train_loss": math.nan, "val_loss": math.nan})
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Store the epoch's aggregated training loss (``<key>_epoch`` when it was logged per step too)."""
-        del pl_module
-        row = self._row(trainer.current_epoch)
-        row["train_loss"] = _metric(trainer, f"{self.train_key}_epoch", self.train_key)
+        """The epoch's aggregated training loss (``train_loss_epoch`` when it was logged per step too)."""
+        row = self._row(trainer)
+        row["train_loss"] = _metric(trainer, "train_loss_epoch", "train_loss")
         if self.prefix:  # Lightning validates before this hook: both losses are known
             losses = "  ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss") if math.isfinite(row[k]))
             print(f"{self.prefix} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {losses}", flush=True)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Store the validation loss (and the extra keys) of this epoch's validation during ``fit``."""
-        del pl_module
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        row = self._row(trainer.current_epoch)
-        row["val_loss"] = _metric(trainer, self.val_key)
-        row.update({k: float(trainer.callback_metrics[k]) for k in self.extra if k in trainer.callback_metrics})
+        """The validation loss (and the extra keys) of this epoch's validation during ``fit``."""
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            row = self._row(trainer)
+            row["val_loss"] = _metric(trainer, "val_loss")
+            row.update({k: float(trainer.callback_metrics[k]) for k in self.extra if k in trainer.callback_metrics})
 
     def rows(self) -> list[dict[str, float]]:
-        """One ``{"epoch", "train_loss", "val_loss", ...}`` per epoch (epochs counted from 1), in order."""
+        """One ``{"epoch", "train_loss", "val_loss", ...}`` per epoch (counted from 1), in order."""
         return [{"epoch": epoch + 1, **values} for epoch, values in sorted(self.epochs.items())]
 
     def save_csv(self, path: str | Path) -> Path:
-        """Write the rows (:data:`COLUMNS`) as CSV at ``path``."""
+        """The rows' :data:`COLUMNS` as CSV at ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
@@ -85,51 +75,41 @@ class LossHistory(Callback):
 
 
 class EpochTimer(Callback):
-    """Per training epoch: seconds without validation, the peak memory of a training step (absolute, and above the
-    step's start; max over the epoch), RSS at the epoch's end; and every training step's loss (``losses``)."""
+    """Per training epoch: seconds without validation, the highest training-step memory peak (``step_peak_mb``
+    absolute, ``step_extra_mb`` above the step's start) and the RSS at the epoch's end; every step's ``losses``."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
         self.losses: list[float] = []
         self._start: float | None = None
-        self._validation = self._validation_start = 0.0
-        self._peaks: list[tuple[float, float]] = []
+        self._validation = self._peak = self._extra = 0.0
         self._memory: PeakMemory | None = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the epoch's clock."""
-        self._start, self._validation, self._peaks = time.perf_counter(), 0.0, []
+        self._start, self._validation, self._peak, self._extra = time.perf_counter(), 0.0, 0.0, 0.0
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Validation inside an epoch is not training time."""
-        self._validation_start = time.perf_counter()
+        self._validation -= time.perf_counter()  # validation inside an epoch is not training time
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Count the validation time out."""
-        if self._start is not None:
-            self._validation += time.perf_counter() - self._validation_start
+        self._validation += time.perf_counter()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        """Start the step's memory watch."""
         self._memory = PeakMemory(pl_module.device, collect=False).__enter__()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        """Record the step's memory peak and loss."""
         if self._memory is not None:
             self._memory.__exit__(None, None, None)
-            self._peaks.append((self._memory.absolute_mb, self._memory.peak_mb))
+            self._peak, self._extra = max(self._peak, self._memory.absolute_mb), max(self._extra, self._memory.peak_mb)
         if isinstance(outputs, dict) and "loss" in outputs:
             self.losses.append(float(outputs["loss"]))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Close the epoch's row."""
-        if self._start is None:
-            return
-        self.epochs.append({"seconds": time.perf_counter() - self._start - self._validation,
-                            "step_peak_mb": max((p[0] for p in self._peaks), default=0.0),
-                            "step_extra_mb": max((p[1] for p in self._peaks), default=0.0), "rss_end_mb": rss_mb()})
-        self._start = None
+        if self._start is not None:
+            self.epochs.append({"seconds": time.perf_counter() - self._start - self._validation,
+                                "step_peak_mb": self._peak, "step_extra_mb": self._extra, "rss_end_mb": rss_mb()})
+            self._start = None
 
 
 @dataclass
@@ -141,7 +121,7 @@ class FitResult:
     status: str = "ok"  # "ok" or "failed"
     error: str = ""
     model: AnomalibModule | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # LossHistory rows
     epochs: list[dict[str, float]] = field(default_factory=list)  # EpochTimer rows
     losses: list[float] = field(default_factory=list)  # every training step's loss
     best_epoch: int | None = None  # epoch (from 1) of the checkpoint kept, None = the weights at the end
@@ -153,13 +133,13 @@ class FitResult:
     @property
     def best_val_loss(self) -> float:
         """Lowest validation loss over the epochs (NaN when none was logged)."""
-        values = [row["val_loss"] for row in self.history if math.isfinite(row["val_loss"])]
-        return min(values) if values else math.nan
+        return min((r["val_loss"] for r in self.history if math.isfinite(r["val_loss"])), default=math.nan)
 
 
 @contextlib.contextmanager
 def guarded(result: FitResult, prefix: str = "") -> Iterator[FitResult]:
-    """Turn an exception into ``result.status="failed"`` (first line of the error, ``error.txt`` traceback)."""
+    """Turn an exception into ``result.status="failed"`` (first line of the error, ``error.txt`` traceback), so
+    that the caller's loop goes on; ``fit_s`` is the block's time unless the block set it."""
     start = time.perf_counter()
     result.run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -177,16 +157,13 @@ def fit(  # noqa: PLR0913 (every measurement's fit: its options are the union of
     test: bool = False, seed: int | None = None, callbacks: Sequence[Callback] = (), history_keys: Sequence[str] = (),
     prefix: str = "", **engine_args: Any,
 ) -> FitResult:
-    """Fit ``model`` on ``data`` in ``run_dir``; never raises (see :func:`guarded`).
-
-    ``patience``: early stopping on ``val_loss`` and the checkpoint of lowest ``val_loss`` loaded at the end
-    (``None``: the weights after the last epoch, no checkpoint written). ``test``: ``Engine.test`` afterwards.
-    """
+    """Fit ``model`` on ``data`` with anomalib's ``Engine`` in ``run_dir``; never raises (see :func:`guarded`).
+    ``patience``: early stopping on ``val_loss``, its best checkpoint loaded at the end (``None``: the last weights)."""
     result = FitResult(name, run_dir)
     with guarded(result, prefix):
         if seed is not None:
             seed_everything(seed, workers=True)
-        history, timer = LossHistory(extra=history_keys, prefix=prefix), EpochTimer()
+        history, timer = LossHistory(history_keys, prefix), EpochTimer()
         checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_loss" if patience else None,
                                      mode="min", filename="best", auto_insert_metric_name=False,
                                      save_top_k=1 if patience else 0, save_last=False)
@@ -218,20 +195,18 @@ def overfitting_note(history: list[dict[str, float]], best_epoch: int | None) ->
     rows = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     if not rows:
         return "no validation loss (nothing trained)"
-    best = min(rows, key=lambda r: r["val_loss"])
-    last = rows[-1]
-    rise = (last["val_loss"] - best["val_loss"]) / max(abs(best["val_loss"]), 1e-12)
-    train_falls = math.isfinite(last["train_loss"]) and last["train_loss"] < best.get("train_loss", math.inf)
+    best, last = min(rows, key=lambda r: r["val_loss"]), rows[-1]
     kept = f"; checkpoint of epoch {best_epoch} kept" if best_epoch else ""
     if len(rows) < 2:
         return f"one epoch only: no trend to read{kept}"
     if best is last:
         return f"validation loss still falling at the last epoch {int(last['epoch'])}: not over-fitted{kept}"
+    rise, after = (last["val_loss"] - best["val_loss"]) / max(abs(best["val_loss"]), 1e-12), int(best["epoch"])
     if rise <= OVERFIT_RISE:
-        return (f"validation loss flat after epoch {int(best['epoch'])} (+{100 * rise:.0f}% at the end): "
-                f"converged, no clear over-fitting{kept}")
-    if train_falls:
-        return (f"over-fits after epoch {int(best['epoch'])}: validation loss +{100 * rise:.0f}% by epoch "
-                f"{int(last['epoch'])} while training loss kept falling{kept}")
-    return (f"validation loss +{100 * rise:.0f}% after epoch {int(best['epoch'])} while training loss did not fall "
-            f"either: unstable training (learning rate?), not over-fitting{kept}")
+        return (f"validation loss flat after epoch {after} (+{100 * rise:.0f}% at the end): converged, no clear "
+                f"over-fitting{kept}")
+    if math.isfinite(last["train_loss"]) and last["train_loss"] < best.get("train_loss", math.inf):
+        return (f"over-fits after epoch {after}: validation loss +{100 * rise:.0f}% by epoch {int(last['epoch'])} "
+                f"while training loss kept falling{kept}")
+    return (f"validation loss +{100 * rise:.0f}% after epoch {after} while training loss did not fall either: "
+            f"unstable training (learning rate?), not over-fitting{kept}")

@@ -1,10 +1,6 @@
-"""Floating-point operations of one forward pass, counted by :class:`torch.utils.flop_counter.FlopCounterMode`.
-
-PyTorch's counter counts a multiply-add as 2 FLOPs and counts only convolutions, matrix products (``mm``, ``bmm``,
-``addmm``, einsum through them) and attention; element-wise operations, pooling, normalisation, biases and
-interpolation are not counted. In convolutional networks those are a small share of the arithmetic, so the count is
-a lower bound close to the total and comparable across models.
-"""
+"""Floating-point operations of one forward pass, counted by :class:`torch.utils.flop_counter.FlopCounterMode`: a
+multiply-add is 2 FLOPs; only convolutions, matrix products and attention count (a lower bound close to the total in
+convolutional networks, comparable across models)."""
 
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def forward_flops(module: torch.nn.Module, input_size: tuple[int, int], channels: int = 3) -> int:
-    """FLOPs of ``module``'s eval forward on one random image ``(1, channels, H, W)``, ``input_size = (H, W)``.
-
-    The module is put in eval mode for the count (what inference runs) and back in its former mode afterwards.
-    """
+    """FLOPs of ``module``'s eval forward on one random image ``(1, channels, H, W)``, ``input_size = (H, W)``; the
+    module's train/eval mode is restored afterwards."""
     if len(input_size) != 2 or min(input_size) <= 0:
         msg = f"input_size must be (height, width) with positive sides, got {input_size!r}"
         raise ValueError(msg)

@@ -1,10 +1,6 @@
-"""Run one measurement in its own process: its memory never adds to the next one's, and a crash (also a kill for
-memory) becomes that measurement's error row instead of a lost table.
-
-The child runs ``python -m anomalib_simplenet.lab.isolated MODULE:FUNCTION ARGS.json RESULT.json``: it calls
-``FUNCTION(**args)`` and writes the returned dict as JSON. The parent reads it back and adds the child's peak
-resident memory (``ru_maxrss`` of exactly that child, from ``os.wait4``).
-"""
+"""One measurement in its own process: its memory never adds to the next one's, and a crash (also a kill for memory)
+becomes its error row. The child runs ``python -m anomalib_simplenet.lab.isolated MODULE:FUNCTION ARGS.json
+RESULT.json``: ``FUNCTION(**args)``, its dict written as JSON."""
 
 from __future__ import annotations
 
@@ -20,8 +16,9 @@ from typing import Any
 
 
 def run_isolated(function: str, arguments: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
-    """``function`` (``"module:function"``) called with ``arguments`` in a child process; its result dict with
-    ``peak_rss_mb`` and ``wall_s``, or ``{"error": ...}`` when the child failed. Files go to ``folder/name.*``."""
+    """``function`` (``"module:function"``) called with ``arguments`` in a child process: its result dict with
+    ``peak_rss_mb`` (``ru_maxrss`` of exactly that child) and ``wall_s``, or ``{"error": ...}`` when the child failed.
+    Files go to ``folder/name.*``."""
     folder.mkdir(parents=True, exist_ok=True)
     args_file, result_file = folder / f"{name}.args.json", folder / f"{name}.result.json"
     args_file.write_text(json.dumps(arguments, default=str))
@@ -29,24 +26,15 @@ def run_isolated(function: str, arguments: dict[str, Any], folder: Path, name: s
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", __name__, function, str(args_file), str(result_file)])  # noqa: S603
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    code = child.returncode = os.waitstatus_to_exitcode(status)
     measured = {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}  # Linux: kB
-    if child.returncode == 0 and result_file.is_file():
+    if code == 0 and result_file.is_file():
         return {**json.loads(result_file.read_text()), **measured}
-    code = child.returncode
     why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-    return {"error": f"child process {why} (memory?)" if code == -signal.SIGKILL else f"child process {why}",
-            **measured}
-
-
-def main(argv: list[str]) -> int:
-    """Child side: import, call, write the result."""
-    module, _, function = argv[0].partition(":")
-    arguments = json.loads(Path(argv[1]).read_text())
-    result = getattr(importlib.import_module(module), function)(**arguments)
-    Path(argv[2]).write_text(json.dumps(result, default=str))
-    return 0
+    return {"error": f"child process {why}" + (" (memory?)" if code == -signal.SIGKILL else ""), **measured}
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    module, _, function = sys.argv[1].partition(":")
+    result = getattr(importlib.import_module(module), function)(**json.loads(Path(sys.argv[2]).read_text()))
+    Path(sys.argv[3]).write_text(json.dumps(result, default=str))

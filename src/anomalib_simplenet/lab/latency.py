@@ -1,9 +1,4 @@
-"""Speed and memory: timing, peak memory, interleaved inference runs, and the runners of exported models.
-
-Memory on CPU is the process's resident set (Linux ``VmHWM`` high-water mark, reset through
-``/proc/self/clear_refs`` before each measured call; elsewhere RSS sampled every 2 ms); on GPU it is
-``torch.cuda.max_memory_allocated``. A runner maps images ``(N, 3, H, W)`` float in [0, 1] to outputs by name.
-"""
+"""Speed and memory: peak memory, interleaved inference runs, the runners of exported models and their measurement."""
 
 from __future__ import annotations
 
@@ -13,7 +8,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +21,15 @@ from anomalib_simplenet.deploy.quantization import prediction_from_outputs
 
 from .scores import auroc, f1_score
 
-_STATUS = Path("/proc/self/status")
+# Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...).
+Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+MEASURED = ("latency_ms_median", "latency_ms_p95", "throughput_ips", "image_auroc", "pixel_auroc", "image_f1")
 
 
 def _status_mb(name: str) -> float | None:
+    """A ``/proc/self/status`` memory field in MiB (None off Linux)."""
     try:
-        match = re.search(rf"^{name}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+        match = re.search(rf"^{name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(match.group(1)) / 1024 if match else None
@@ -40,25 +37,16 @@ def _status_mb(name: str) -> float | None:
 
 def rss_mb() -> float:
     """Current resident set size of this process in MiB."""
-    value = _status_mb("VmRSS")
-    if value is not None:
+    if (value := _status_mb("VmRSS")) is not None:
         return value
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _status_mb("VmHWM") is not None
-
-
 class PeakMemory:
-    """Context manager: peak memory above the level at entry (``peak_mb``) and the absolute peak, in MiB."""
+    """Context manager: peak memory above the level at entry (``peak_mb``) and the absolute peak, in MiB: on CPU the
+    resident set (Linux: its high-water mark; elsewhere sampled every 2 ms), on GPU the allocated memory."""
 
     def __init__(self, device: torch.device | str = "cpu", collect: bool = True) -> None:
         self.cuda, self.collect = torch.device(device).type == "cuda", collect
@@ -73,12 +61,17 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated() / 2**20
-        else:
-            self._base = rss_mb()
-            if not _reset_rss_peak():
-                self._sampled = self._base
-                self._sampler = threading.Thread(target=self._sample, daemon=True)
-                self._sampler.start()
+            return self
+        self._base = rss_mb()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets the kernel's high-water mark
+            resettable = _status_mb("VmHWM") is not None
+        except OSError:
+            resettable = False
+        if not resettable:
+            self._sampled = self._base
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
         return self
 
     def _sample(self) -> None:
@@ -98,11 +91,6 @@ class PeakMemory:
         self.peak_mb = max(0.0, self.absolute_mb - self._base)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """``q``-th percentile (0–100) with linear interpolation."""
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
 def timed(run: Callable[[], Any], cuda: bool = False) -> float:
     """Seconds one call of ``run`` takes (GPU work included)."""
     if cuda:
@@ -118,11 +106,8 @@ def measure_inference(
     runners: dict[str, Callable[[torch.Tensor], Any]], batch: torch.Tensor, throughput_runs: int, latency_runs: int,
     cuda: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Throughput at ``batch``, batch-1 latency and peak memory per batch for every runner.
-
-    Runs are interleaved (round r runs every model once, starting at a rotating model) so that load from other
-    processes spreads over all models instead of hitting one; medians are reported.
-    """
+    """Throughput at ``batch``, batch-1 latency (medians) and peak memory per batch for every runner; runs are
+    interleaved (round r runs every model once, from a rotating start) so that other load spreads over all models."""
     names, single = list(runners), batch[:1]
     for name in names:  # warm-up: first-call allocations, oneDNN/OpenVINO kernel selection
         runners[name](batch)
@@ -141,12 +126,9 @@ def measure_inference(
         median_batch = statistics.median(batch_times)
         results[name] = {"images_per_s": len(batch) / median_batch, "batch_s_median": median_batch,
                          "batch_s_all": batch_times, "latency_ms_median": 1000 * statistics.median(single_times),
-                         "latency_ms_p95": 1000 * percentile(single_times, 95), "peak_mb_per_batch": memory.peak_mb}
+                         "latency_ms_p95": 1000 * float(np.percentile(single_times, 95)),
+                         "peak_mb_per_batch": memory.peak_mb}
     return results
-
-
-# Images ``(N, 3, H, W)`` float in [0, 1] → outputs by name (``pred_score`` ``(N,)``, ``anomaly_map`` ...).
-Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def module_runner(module: torch.nn.Module, device: torch.device | str = "cpu") -> Runner:
@@ -173,7 +155,7 @@ class OpenVINORunner:
         self.model = ov.Core().compile_model(str(path), "CPU", config)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One synchronous inference (input converted to float32 numpy, outputs back to tensors)."""
+        """One synchronous inference (float32 numpy in, tensors out)."""
         result = self.model(images.numpy())
         return {output.any_name: torch.from_numpy(result[output]) for output in self.model.outputs}
 
@@ -191,34 +173,21 @@ def load_runner(runtime: str, path: Path, threads: int, ov_precision: str = "f32
     raise ValueError(msg)
 
 
-@dataclass
-class Measurement:
-    """What one runner scored on the raw test images (its own, normalised outputs) and how fast it ran."""
-
-    latency_ms_median: float
-    latency_ms_p95: float
-    throughput_ips: float
-    image_auroc: float
-    pixel_auroc: float
-    image_f1: float
-    scores: list[float] = field(default_factory=list)
-
-
 def measure(runner: Runner, samples: list, input_size: tuple[int, int], label: str, warmup: int = 3,
-            batch_size: int = 8, throughput_seconds: float = 5.0) -> Measurement:
-    """Every raw test image alone (batch 1, original size, timed after ``warmup`` calls): latency and metrics;
-    then throughput on batches of ``batch_size`` images resized to ``input_size`` for ≥ ``throughput_seconds``."""
+            batch_size: int = 8, throughput_seconds: float = 5.0) -> dict[str, Any]:
+    """Every raw test image alone (batch 1, original size, timed after ``warmup`` calls): latency and metrics on
+    the runner's own (normalised) outputs; then throughput on batches of ``batch_size`` images resized to
+    ``input_size`` for ≥ ``throughput_seconds``. Keys: :data:`MEASURED` and every image's ``scores``."""
     for _ in range(warmup):
         runner(samples[0].image[None])
-    latencies, scores, labels, predicted, maps, masks = [], [], [], [], [], []
+    latencies, scores, predicted, maps, masks = [], [], [], [], []
     for sample in tqdm(samples, desc=f"{label}: test images", leave=False, mininterval=2.0):
         start = time.perf_counter()
         outputs = runner(sample.image[None])
         latencies.append((time.perf_counter() - start) * 1e3)
         prediction = prediction_from_outputs(outputs, sample.label, sample.mask)
         scores.append(float(prediction.pred_score))
-        labels.append(sample.label)
-        predicted.append(bool(prediction.pred_label) if prediction.pred_label is not None else False)
+        predicted.append(prediction.pred_label is not None and bool(prediction.pred_label))
         maps.append(prediction.anomaly_map.flatten().numpy())
         masks.append(prediction.gt_mask.flatten().numpy())
     images = torch.stack([antialiased_resize(s.image, input_size) for s in samples[:batch_size]])
@@ -229,10 +198,8 @@ def measure(runner: Runner, samples: list, input_size: tuple[int, int], label: s
     while done == 0 or time.perf_counter() - start < throughput_seconds:
         runner(images)
         done += batch_size
-    truth = np.array(labels) == 1
-    return Measurement(
-        latency_ms_median=statistics.median(latencies), latency_ms_p95=percentile(latencies, 95),
-        throughput_ips=done / (time.perf_counter() - start), image_auroc=auroc(truth, np.array(scores)),
-        pixel_auroc=auroc(np.concatenate(masks), np.concatenate(maps)), image_f1=f1_score(np.array(predicted), truth),
-        scores=scores,
-    )
+    truth = np.array([s.label for s in samples]) == 1
+    values = (statistics.median(latencies), float(np.percentile(latencies, 95)), done / (time.perf_counter() - start),
+              auroc(truth, np.array(scores)), auroc(np.concatenate(masks), np.concatenate(maps)),
+              f1_score(np.array(predicted), truth))
+    return {**dict(zip(MEASURED, values, strict=True)), "scores": scores}

@@ -1,11 +1,5 @@
-"""Map offset: how far an anomaly map's hot region sits from the defect it found, in pixels, signed.
-
-Per defective image: the centroid of the hottest ``top_fraction`` of the map's pixels minus the centroid of the
-ground-truth mask; averaged over the images. Positive ``dx``/``dy``: the map sits right of / below the defect.
-A feature grid resampled at the wrong positions shows as a consistent offset of the same sign on every image;
-where a map's strongest response is often off the defect altogether (false positives elsewhere), the centroid
-moves with it and the figure no longer measures the grid alone.
-"""
+"""Map offset: the centroid of an anomaly map's hottest ``top_fraction`` of pixels minus that of the defect's mask,
+in pixels (positive: right of / below the defect); a misplaced feature grid shows as the same sign on every image."""
 
 from __future__ import annotations
 
@@ -17,20 +11,16 @@ DEFAULT_TOP_FRACTION = 0.01
 def _centroids(weights: torch.Tensor) -> torch.Tensor:
     """``(N, 2)`` centroids ``(x, y)`` of ``(N, H, W)`` non-negative weights."""
     height, width = weights.shape[-2:]
-    ys = torch.arange(height, dtype=weights.dtype, device=weights.device)
-    xs = torch.arange(width, dtype=weights.dtype, device=weights.device)
+    ys, xs = (torch.arange(n, dtype=weights.dtype, device=weights.device) for n in (height, width))
     mass = weights.sum(dim=(1, 2))
-    centre_x = (weights.sum(dim=1) * xs).sum(dim=1) / mass
-    centre_y = (weights.sum(dim=2) * ys).sum(dim=1) / mass
-    return torch.stack([centre_x, centre_y], dim=1)
+    return torch.stack([(weights.sum(dim=1) * xs).sum(dim=1) / mass, (weights.sum(dim=2) * ys).sum(dim=1) / mass], 1)
 
 
 def map_offsets(
     anomaly_maps: torch.Tensor, masks: torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION
 ) -> torch.Tensor:
     """Signed offsets ``(M, 2)`` ``(dx, dy)`` in pixels, one per image whose mask is not empty, of ``(N, H, W)`` or
-    ``(N, 1, H, W)`` maps (higher = more anomalous) against masks of the same size (non-zero = defect);
-    ``top_fraction``: share of each map's pixels (the highest) whose centroid is the map's position."""
+    ``(N, 1, H, W)`` maps (higher = more anomalous) against masks of the same size (non-zero = defect)."""
     maps = anomaly_maps.detach().double().reshape(len(anomaly_maps), *anomaly_maps.shape[-2:])
     truth = (masks.detach().reshape(len(masks), *masks.shape[-2:]) > 0).double()
     if maps.shape != truth.shape:
@@ -44,8 +34,7 @@ def map_offsets(
     if not len(maps):
         return torch.zeros(0, 2, dtype=torch.float64)
     count = max(1, round(top_fraction * maps[0].numel()))
-    threshold = maps.flatten(1).topk(count, dim=1).values[:, -1]
-    hot = (maps >= threshold[:, None, None]).double()
+    hot = (maps >= maps.flatten(1).topk(count, dim=1).values[:, -1, None, None]).double()
     return _centroids(hot) - _centroids(truth)
 
 

