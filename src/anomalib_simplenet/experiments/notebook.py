@@ -83,7 +83,8 @@ def fit_study_model(
     (early stopping, checkpoint of lowest validation loss); ``init_args``: the setting's own (e.g. ``latent_dim``).
     A failed fit raises ``RuntimeError``."""
     from anomalib_simplenet.lab.settings import Setting
-    from anomalib_simplenet.study.settings import fit_setting, resolve_init_args, weights_line
+    from anomalib_simplenet.lab.weights import weights_description
+    from anomalib_simplenet.study.settings import fit_setting, resolve_init_args
 
     setting = Setting("notebook", kind=kind, arguments=dict(init_args))
     arguments = resolve_init_args(setting, image_size, teacher, pre_trained)
@@ -91,7 +92,7 @@ def fit_study_model(
     if result.status != "ok" or result.model is None:
         msg = f"{setting.label}: {result.error} (traceback in {Path(out) / 'error.txt'})"
         raise RuntimeError(msg)
-    print(f"{kind} weights: {weights_line(result.model)}")
+    print(f"{kind} weights: {weights_description(result.model)}")
     return result.model
 
 

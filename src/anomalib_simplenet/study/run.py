@@ -33,10 +33,11 @@ from anomalib_simplenet.lab.fit import FitResult, overfitting_note
 from anomalib_simplenet.lab.flops import forward_flops
 from anomalib_simplenet.lab.scores import Predictions, evaluate, predict, roc_points
 from anomalib_simplenet.lab.settings import Setting
+from anomalib_simplenet.lab.weights import weights_description
 from anomalib_simplenet.models.unet_ae import save_reconstructions
 
 from .report import hypothesis_checks, write_report
-from .settings import KIND_TITLES, KINDS, fit_setting, resolve_init_args, study_settings, weights_line
+from .settings import KIND_TITLES, KINDS, fit_setting, resolve_init_args, study_settings
 
 ALL = "all"  # scope of the models trained on all categories at once
 TEACHER_KINDS = ("teacher", "distill", "simplenet")  # kinds fitted once per teacher network
@@ -145,7 +146,7 @@ def _fit_scope(
         started = time.time()
         fit = candidate.fit = fit_setting(setting, candidate.init_args, scope, datamodule, run_dir, config.max_epochs,
                                           config.patience, config.seed)
-        candidate.weights = weights_line(fit.model)
+        candidate.weights = "" if fit.model is None else weights_description(fit.model)
         if fit.status == "ok":
             for category, data in evaluated_on.items():
                 test = predict(fit.model, data.test_dataloader())

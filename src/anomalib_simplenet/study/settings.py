@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from anomalib.data import AnomalibDataModule
-from anomalib.models import AnomalibModule
 from lightning.pytorch import seed_everything
 
-from anomalib_simplenet.components.backbone import weights_source
 from anomalib_simplenet.lab.figures import loss_figure
 from anomalib_simplenet.lab.fit import FitResult, fit, guarded
 from anomalib_simplenet.lab.settings import Setting, load_settings
@@ -88,13 +86,3 @@ def fit_setting(
             run_dir / "loss_curve.png", dpi=90)
     return result
 
-
-def weights_line(model: AnomalibModule | None) -> str:
-    """Where the model's pretrained weights came from."""
-    if model is None:
-        return ""
-    if getattr(model.model, "network", None) is not None:
-        return f"{model.hparams.get('backbone')}: {weights_source(model.model.network)}"
-    if teacher := getattr(model, "teacher_weights_source", None):
-        return f"student trained from scratch, teacher {model.hparams.get('teacher_backbone', 'resnet18')}: {teacher}"
-    return "trained from scratch"
