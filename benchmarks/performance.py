@@ -99,8 +99,8 @@ def openvino_rows(model: Any, data: Any, args: argparse.Namespace) -> dict[str, 
 
 def fit_row(name: str, model: Any, data: Any, args: argparse.Namespace, epochs: int) -> tuple[dict[str, Any], Any]:
     """Fit and test with the epoch timer; the row's accuracy (raw and normalised) and the fit result."""
-    result = fit(name, model, data, args.output / "runs" / name, epochs, test=True,
-                 accelerator=torch.device(args.device).type)
+    result = fit(name, model, data, args.output / "runs" / name, epochs, test=True, seed=args.seed,
+                 accelerator=torch.device(args.device).type)  # seeded: Patchcore's coreset draws from numpy
     if result.status != "ok":
         raise RuntimeError(result.error)
     row = {key: result.metrics.get(key, float("nan")) for key in ("image_AUROC", "pixel_AUROC")}

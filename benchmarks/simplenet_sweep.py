@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import operator
 import time
 from pathlib import Path
@@ -20,13 +21,15 @@ from anomalib.data.utils import read_image
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
+from anomalib_simplenet.components.grid_geometry import resample
 from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
-from anomalib_simplenet.lab.data import datamodule
+from anomalib_simplenet.lab.data import datamodule, subset
 from anomalib_simplenet.lab.report import fmt, markdown_table
 from anomalib_simplenet.lab.scores import auroc
 from anomalib_simplenet.lab.weights import add_weights_argument, weights_kwargs
 from anomalib_simplenet.models.simplenet.feature_noise import DEFAULT_RELATIVE_NOISE_STD
 from anomalib_simplenet.models.simplenet.feature_scale import FeatureMoments
+from anomalib_simplenet.models.simplenet.location_gaussian import LocationGaussianEnsemble
 from anomalib_simplenet.models.simplenet.training_step import discriminator_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="discriminator widths (default: SimpleNet's)")
     parser.add_argument("--location-gaussian", nargs="+", type=int, default=[0, 1], choices=[0, 1],
                         help="score with the discriminator alone (0, official) and/or with the per-location Gaussian")
+    parser.add_argument("--gaussian-channels", type=int, default=None,
+                        help="the location Gaussian on a seeded random subset of N feature channels")
+    parser.add_argument("--finer-grid", action="store_true",
+                        help="train and score on features resampled to a grid twice as fine (on the cells' positions)")
+    parser.add_argument("--train-images", type=int, default=None, help="N evenly spaced training images per category")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -57,6 +65,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"only the feature scale per backbone (none named: {', '.join(SCALE_BACKBONES)})")
     parser.add_argument("--images", type=int, default=32, help="--feature-scale: first N training images")
     return parser.parse_args(argv)
+
+
+class ChannelSubsetGaussian(LocationGaussianEnsemble):
+    """The location Gaussian on a fixed random subset of ``dim`` of the features' ``channels`` (Padim's way of
+    keeping per-location covariances small for wide features)."""
+
+    def __init__(self, channels: int, dim: int, seed: int = 0) -> None:
+        super().__init__(dim)
+        order = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("channels", order[:dim].sort().values)
+
+    def fit(self, batches: Any, count: int | None = None) -> ChannelSubsetGaussian:
+        return super().fit([batch[:, self.channels] for batch in batches], count)
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        return super().distance(features if features.shape[1] == self.dim else features[:, self.channels])
+
+
+def finer_grid(features: torch.Tensor, geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(N, D, h, w)`` on cells at ``geometry`` ``(2, 2)`` resampled to ``(N, D, 2h, 2w)`` on a grid of
+    half the stride over the same span; returns them and the finer grid's geometry."""
+    fine = geometry.clone()
+    fine[0] -= geometry[1] / 4
+    fine[1] /= 2
+    size = (2 * features.shape[-2], 2 * features.shape[-1])
+    parts = [resample(part.float(), size, geometry, fine).to(features.dtype) for part in features.split(16)]
+    return torch.cat(parts), fine
 
 
 def build(args: argparse.Namespace, **settings: Any) -> SimpleNet:
@@ -87,15 +122,17 @@ def features_of(model: SimpleNet, loader: Any) -> dict[str, torch.Tensor]:
 def validate(model: SimpleNet, val: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, float]:
     """Validation loss on the normal images, image AUROC, and pixel AUROC where masks exist."""
     network = model.model.eval()
-    scores, maps = [], []
+    scores, map_maxima, maps = [], [], []
     for start in range(0, len(val["features"]), 32):
         prediction = network.predict(val["features"][start : start + 32].float(), size)
         scores.append(prediction.pred_score)
+        map_maxima.append(prediction.anomaly_map.flatten(1).amax(dim=1))
         maps.append(prediction.anomaly_map[:, 0, ::2, ::2])  # every 2nd pixel: the AUROC barely moves, 4× faster
     normal = val["features"][val["labels"] == 0].float()
     generator = torch.Generator().manual_seed(VAL_NOISE_SEED)
     row = {"val_loss": float(model.loss(*network.discriminate(normal, generator=generator))),
-           "image_auroc": auroc(val["labels"].numpy(), torch.cat(scores).numpy())}
+           "image_auroc": auroc(val["labels"].numpy(), torch.cat(scores).numpy()),
+           "image_auroc_map": auroc(val["labels"].numpy(), torch.cat(map_maxima).numpy())}
     if "masks" in val and val["masks"].any():
         truth = val["masks"][:, ::2, ::2].flatten().numpy()
         row["pixel_auroc"] = auroc(truth, torch.cat(maps).flatten().numpy())
@@ -142,20 +179,26 @@ def train_curve(model: SimpleNet, train: torch.Tensor, val: dict[str, torch.Tens
 
 
 def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[str, float]]) -> str:
-    """Per category and setting, and averaged over categories: image AUROC / pixel AUROC / val loss per epoch."""
+    """Per category and setting, and averaged over categories: image AUROC (maximum over cells, and in brackets
+    over the smoothed map) / pixel AUROC / val loss per epoch."""
 
     def cell(row: dict[str, float]) -> str:
-        return f"{fmt(row['image_auroc'], '.3f')} / {fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}"
+        return (f"{fmt(row['image_auroc'], '.3f')} ({fmt(row.get('image_auroc_map'), '.3f')}) / "
+                f"{fmt(row.get('pixel_auroc'), '.3f')} / {row['val_loss']:.3f}")
 
     setting = operator.itemgetter("relative_noise_std", "hidden", "location_gaussian")
     rows = [[run["category"], *map(str, setting(run)), *(cell(row) for row in run["rows"])] for run in runs]
     for key in sorted({setting(run) for run in runs}):
         chosen = [run for run in runs if setting(run) == key]
-        means = [sum(run["rows"][e]["image_auroc"] for run in chosen) / len(chosen) for e in range(epochs)]
-        rows.append([f"mean image AUROC ({len(chosen)} categories)", *map(str, key), *(fmt(m, ".3f") for m in means)])
+        means = [[sum(run["rows"][e].get(name, math.nan) for run in chosen) / len(chosen) for e in range(epochs)]
+                 for name in ("image_auroc", "image_auroc_map")]
+        rows.append([f"mean image AUROC ({len(chosen)} categories)", *map(str, key),
+                     *(f"{fmt(cells, '.3f')} ({fmt(smoothed, '.3f')})" for cells, smoothed in zip(*means))])
     header = ["category", "σ (relative)", "hidden", "location Gaussian", *map(str, range(1, epochs + 1))]
-    lines = ["image AUROC / pixel AUROC / validation loss on validation images (raw scores), per epoch", "",
-             markdown_table(header, rows)]
+    options = {key: runs[0][key] for key in ("gaussian_channels", "finer_grid") if runs and runs[0].get(key)}
+    title = ("image AUROC (maximum over cells; over the smoothed map) / pixel AUROC / validation loss on validation "
+             f"images (raw scores), per epoch{f', {options}' if options else ''}")
+    lines = [title, "", markdown_table(header, rows)]
     if reference:
         names = list(next(iter(reference.values())))
         lines += ["Untrained scores on the same features (validation image AUROC)", "",
@@ -199,11 +242,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     reference: dict[str, dict[str, float]] = {}
     for category in args.categories:
-        data = datamodule(args.data_root, category, (args.image_size, args.image_size), args.batch, args.seed)
+        root = args.data_root
+        if args.train_images is not None:
+            root = subset(root, category, args.output / "data", args.train_images)
+        data = datamodule(root, category, (args.image_size, args.image_size), args.batch, args.seed)
         data.setup()
         extractor = build(args)
         train = features_of(extractor, data.train_dataloader())["features"]
         val = features_of(extractor, data.val_dataloader())
+        if args.finer_grid:
+            train, fine = finer_grid(train, extractor.model.grid_geometry[0])
+            val["features"], _ = finer_grid(val["features"], extractor.model.grid_geometry[0])
         scale = FeatureMoments.of(train).scale()
         print(f"{category}: {len(train)} training, {len(val['labels'])} validation images, feature scale "
               f"{float(scale):.4g}", flush=True)
@@ -213,6 +262,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for hidden, relative, gaussian in itertools.product(args.hidden, args.relative_noise, args.location_gaussian):
             model = build(args, relative_noise_std=relative, discriminator_hidden=hidden,
                           location_gaussian=bool(gaussian))
+            if gaussian and args.gaussian_channels:
+                model.model.location_gaussian = ChannelSubsetGaussian(train.shape[1], args.gaussian_channels)
+            if args.finer_grid:
+                model.model.grid_geometry[0] = fine
             start = time.perf_counter()
             if gaussian:
                 model.model.location_gaussian.fit(train.float().split(64))
@@ -221,7 +274,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                   f"{bool(gaussian)} (fitted in {time.perf_counter() - start:.1f} s)", flush=True)
             rows = train_curve(model, train, val, args, scale)
             runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
-                         "location_gaussian": bool(gaussian), "rows": rows})
+                         "location_gaussian": bool(gaussian), "gaussian_channels": args.gaussian_channels,
+                         "finer_grid": args.finer_grid, "rows": rows})
             (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference}, indent=1))
     table = markdown(runs, args.epochs, reference)
     (args.output / "sweep.md").write_text(table + "\n")

@@ -20,6 +20,14 @@ def test_best_on_validation_uses_validation_auroc_only() -> None:
     assert best_on_validation(table) == "distill"  # highest validation AUROC; tie goes to the first listed
 
 
+def test_best_on_validation_breaks_ties_by_validation_pixel_auroc() -> None:
+    table = {
+        "teacher": {"val_image_auroc": 1.0, "val_pixel_auroc": 0.90, "pixel_auroc": 0.99},
+        "distill": {"val_image_auroc": 1.0, "val_pixel_auroc": 0.95, "pixel_auroc": 0.50},
+    }
+    assert best_on_validation(table) == "distill"
+
+
 def test_best_on_validation_never_picks_nan() -> None:
     table = {"unet_ae": {"val_image_auroc": math.nan}, "teacher": {"val_image_auroc": 0.5}}
     assert best_on_validation(table) == "teacher"

@@ -13,7 +13,7 @@ import torch
 
 from anomalib_simplenet.lab.fit import overfitting_note
 from anomalib_simplenet.lab.flops import forward_flops
-from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold
+from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, percentile_threshold, validation_rank
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 from anomalib_simplenet.study import cli
@@ -81,6 +81,28 @@ def test_thresholds_are_fixed_on_validation_and_report_false_alarms() -> None:
     assert metrics["val_image_auroc"] == 1.0 and math.isnan(metrics["pixel_auroc"])
     assert 4.0 <= metrics["adaptive_threshold"] <= 10.0  # between the normal and defective validation scores
     assert metrics["adaptive_false_alarm_rate"] == 0.0
+
+
+def test_validation_pixel_auroc_is_computed_where_validation_has_masks() -> None:
+    masks = np.zeros((4, 2, 2), bool)
+    masks[2:, 0, 0] = True
+    maps = np.zeros((4, 2, 2), np.float32)
+    maps[2:, 0, 0], maps[3, 1, 1] = 5.0, 6.0  # one normal pixel above the defects: 1 of 2×14 pairs misordered
+    validation = Predictions(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 0, 1, 1]), maps, masks)
+    test = Predictions(np.array([1.0, 2.0]), np.array([0, 1]), np.zeros((2, 2, 2), np.float32), None)
+    assert evaluate(validation, test, 75)["val_pixel_auroc"] == pytest.approx(1 - 2 / 28)
+    assert math.isnan(evaluate(Predictions(validation.scores, validation.labels, maps, None), test, 75)
+                      ["val_pixel_auroc"])
+
+
+def test_validation_rank_breaks_image_ties_by_pixel_auroc_and_skips_nan() -> None:
+    tied = [{"val_image_auroc": 1.0, "val_pixel_auroc": 0.90}, {"val_image_auroc": 1.0, "val_pixel_auroc": 0.95}]
+    assert max(range(2), key=lambda i: validation_rank([tied[i]])) == 1
+    better_image = {"val_image_auroc": 0.99, "val_pixel_auroc": 0.99}
+    assert validation_rank([better_image]) < validation_rank([tied[0]])  # image AUROC decides first
+    two_categories = [{"val_image_auroc": 0.8, "val_pixel_auroc": math.nan}, {"val_image_auroc": 0.6}]
+    assert validation_rank(two_categories) == (pytest.approx(0.7), -math.inf)
+    assert validation_rank([{"val_image_auroc": math.nan}]) == (-math.inf, -math.inf)
 
 
 def test_mask_contrast_averages_the_map_inside_and_outside_the_defects() -> None:

@@ -3,7 +3,6 @@ comparison at small size (fitted, scored and measured by the study's own functio
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from anomalib_simplenet.lab.data import make_synthetic_mvtec, subset
-from anomalib_simplenet.lab.scores import evaluate, predict
+from anomalib_simplenet.lab.scores import evaluate, predict, validation_rank
 
 DATASETS = ("synthetic", "magnetic_tile")
 
@@ -99,18 +98,18 @@ def fit_study_model(
 def compare_models(
     models: Mapping[str, AnomalibModule], datamodule: AnomalibDataModule, percentile: float = 95.0
 ) -> dict[str, dict[str, float]]:
-    """Per model, the study's metrics: ``val_image_auroc`` (the only one a choice may use), test AUROCs on raw and
-    normalised scores, test F1 at the validation threshold."""
-    keys = ("val_image_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc", "adaptive_f1")
+    """Per model, the study's metrics: ``val_image_auroc`` and ``val_pixel_auroc`` (the only ones a choice may use),
+    test AUROCs on raw and normalised scores, test F1 at the validation threshold."""
+    keys = ("val_image_auroc", "val_pixel_auroc", "image_auroc", "image_auroc_normalised", "pixel_auroc", "adaptive_f1")
     tables = {name: evaluate(predict(model, datamodule.val_dataloader()), predict(model, datamodule.test_dataloader()),
                              percentile) for name, model in models.items()}
     return {name: {key: metrics[key] for key in keys} for name, metrics in tables.items()}
 
 
 def best_on_validation(table: Mapping[str, Mapping[str, float]]) -> str:
-    """Name of the model of highest validation image AUROC (ties: the first listed; NaN never wins)."""
-    return max(table, key=lambda name: table[name]["val_image_auroc"] if math.isfinite(table[name]["val_image_auroc"])
-               else -math.inf)
+    """Name of the model ranked first on validation (:func:`~anomalib_simplenet.lab.scores.validation_rank`: image
+    AUROC, ties broken by pixel AUROC; full ties: the first listed; NaN never wins)."""
+    return max(table, key=lambda name: validation_rank([table[name]]))
 
 
 def cost_table(

@@ -167,10 +167,11 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
                                  f"![DBSCAN {space}]({os.path.relpath(file, out)})\n")
     parts += ["## Training analysis: every setting\n",
               markdown_table(["trained on", "model", "setting", "status", "epochs", "best epoch", "best val loss",
-                      "val image AUROC", "fit s", "chosen", "over-fitting note"],
+                      "val image AUROC", "val pixel AUROC", "fit s", "chosen", "over-fitting note"],
                      [[r["scope"], r["title"], r["setting"], r["status"] if r["status"] == "ok" else
                        f"failed: {r['error']}", r["epochs"], fmt(r["best_epoch"], "d"), fmt(r["best_val_loss"]),
-                       fmt(r["selection_val_image_auroc"]), fmt(r["fit_s"], ".1f"), "yes" if r["chosen"] else "",
+                       fmt(r["selection_val_image_auroc"]), fmt(r.get("selection_val_pixel_auroc")),
+                       fmt(r["fit_s"], ".1f"), "yes" if r["chosen"] else "",
                        r["overfitting"]] for r in results["runs"]])]
     parts.append("## Figures\n")
     parts += [f"### {caption}\n\n![{caption}]({os.path.relpath(path, out)})\n" for caption, path in figures.items()]

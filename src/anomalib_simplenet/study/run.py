@@ -31,7 +31,7 @@ from anomalib_simplenet.lab.export import TORCH_FP32, measure_variants, select_v
 from anomalib_simplenet.lab.figures import loss_figure, plot_report, roc_figure
 from anomalib_simplenet.lab.fit import FitResult, overfitting_note
 from anomalib_simplenet.lab.flops import forward_flops
-from anomalib_simplenet.lab.scores import Predictions, evaluate, predict, roc_points
+from anomalib_simplenet.lab.scores import Predictions, evaluate, predict, roc_points, validation_rank
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.lab.weights import weights_description
 from anomalib_simplenet.models.unet_ae import save_reconstructions
@@ -106,10 +106,10 @@ class Candidate:
         return f"{KIND_TITLES[self.setting.kind]} ({self.teacher})" if self.teacher else KIND_TITLES[self.setting.kind]
 
     @property
-    def selection_score(self) -> float:
-        """Mean validation image AUROC over the categories it was evaluated on (-inf when none is finite)."""
-        values = [m["val_image_auroc"] for m in self.metrics.values() if math.isfinite(m["val_image_auroc"])]
-        return sum(values) / len(values) if values else -math.inf
+    def selection_score(self) -> tuple[float, float]:
+        """Validation image AUROC, then pixel AUROC, each the mean over the categories it was evaluated on
+        (:func:`~anomalib_simplenet.lab.scores.validation_rank`)."""
+        return validation_rank(self.metrics.values())
 
 
 def mask_contrast(test: Predictions) -> dict[str, float]:
@@ -169,6 +169,11 @@ def _fit_scope(
     return candidates, best
 
 
+def finite_or_nan(value: float) -> float:
+    """``value``, or NaN for ±inf (JSON has neither)."""
+    return value if math.isfinite(value) else math.nan
+
+
 def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
     fit = candidate.fit
     return {
@@ -177,7 +182,8 @@ def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
         "status": fit.status, "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
         "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "wall_s": candidate.wall_s,
         "weights": candidate.weights, "chosen": chosen,
-        "selection_val_image_auroc": candidate.selection_score if candidate.metrics else math.nan,
+        "selection_val_image_auroc": finite_or_nan(candidate.selection_score[0]),
+        "selection_val_pixel_auroc": finite_or_nan(candidate.selection_score[1]),
         "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
         "init_args": {k: v for k, v in candidate.init_args.items() if k != "categories"},
         "history": fit.history, "run_dir": str(fit.run_dir), "metrics": candidate.metrics,
