@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,8 @@ from anomalib_simplenet.lab.data import images_by_label, subset
 from anomalib_simplenet.lab.isolated import run_isolated
 from anomalib_simplenet.lab.report import markdown_table, metric_cells, metric_header
 from anomalib_simplenet.lab.scores import Predictions, aupro, auroc, metrics
+
+from .conftest import REPO_ROOT
 
 
 def test_raw_scores_far_beyond_one_do_not_tie() -> None:
@@ -47,6 +53,39 @@ def test_metric_columns_pair_raw_and_normalised() -> None:
 def test_a_crashing_measurement_is_an_error_row(tmp_path: Path) -> None:
     row = run_isolated("os:abort", {}, tmp_path, "crash")
     assert row["error"] == "child process killed by SIGABRT" and row["peak_rss_mb"] > 0
+
+
+def sleep_and_report(pid_file: str, seconds: float) -> dict:
+    """A long measurement for the test below: writes its process id, then sleeps."""
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return {}
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+    status = Path(f"/proc/{pid}/status")
+    return status.is_file() and "\nState:\tZ" not in status.read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_measurement_dies_with_the_benchmark_that_started_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = ("from pathlib import Path; from anomalib_simplenet.lab.isolated import run_isolated; "
+            f"run_isolated('tests.test_lab:sleep_and_report', {{'pid_file': {str(pid_file)!r}, 'seconds': 300}}, "
+            f"Path({str(tmp_path)!r}), 'sleeper')")
+    benchmark = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    while not pid_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(pid_file.read_text())
+    assert running(child)
+    benchmark.kill()  # SIGKILL: the benchmark runs no clean-up of its own
+    benchmark.wait()
+    deadline = time.monotonic() + 30
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(child)
 
 
 def test_subset_shares_max_test_over_the_test_folders(synthetic_root: Path, tmp_path: Path) -> None:
