@@ -32,9 +32,13 @@ def _table(markdown: str, first_header: str) -> list[list[str]]:
 
 
 TEACHERS = ("resnet18", "efficientnet_lite0")
-SPLIT_RUNS = {  # the study split as a long one is: one run per category, the all-categories classifier on its own
+SPLIT_RUNS = {  # the study split as a long one is: one run per category (a long category split by model kinds), the
+    # all-categories classifier on its own
     "synth_a": ["--categories", "synth_a", "--no-all-categories", "--quantize-top", "1"],
-    "synth_b": ["--categories", "synth_b", "--no-all-categories", "--quantize-top", "0"],
+    "synth_b": ["--categories", "synth_b", "--no-all-categories", "--quantize-top", "0",
+                "--models", "teacher", "distill"],
+    "synth_b_rest": ["--categories", "synth_b", "--no-all-categories", "--quantize-top", "0",
+                     "--models", "scratch", "unet_ae"],
     "all": ["--categories", "synth_a", "synth_b", "--only-all-categories"],
 }
 
@@ -141,7 +145,7 @@ def test_run_folder_keeps_every_step(study: tuple[Path, dict]) -> None:
     figures = {Path(path) for path in results["figures"].values()}  # they stay in their split run's folder
     for category in ("synth_a", "synth_b"):
         assert {path.parent.parent.name for path in figures if path.name == f"roc_{category}.png"} == {
-            f"study_{category}0", "study_all0"}
+            f"study_{name}0" for name, options in SPLIT_RUNS.items() if category in options}
         assert any(path.name == f"reconstructions_{category}.png" for path in figures)
     assert all(path.is_file() for path in figures)
     assert set(results["dbscan"]) >= {"pca", "tsne"}
