@@ -17,7 +17,7 @@ from anomalib_simplenet.lab.scores import Predictions, at_threshold, evaluate, p
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.models.teacher_mahalanobis import TeacherMahalanobisModel
 from anomalib_simplenet.study import cli
-from anomalib_simplenet.study.run import mask_contrast
+from anomalib_simplenet.study.candidates import mask_contrast
 from anomalib_simplenet.study.settings import KIND_CLASSES, KIND_TITLES, model_class, resolve_init_args, study_settings
 
 from .conftest import REPO_ROOT

@@ -110,7 +110,8 @@ def _sections(results: Mapping[str, Any], figures: Mapping[str, Path], out: Path
                     [[c["check"], c["target"], fmt(c["value"], ".2f"), met[c["met"]], c["detail"]]
                      for c in results["hypothesis"]]),
              "## Accuracy of the chosen setting of each model (test split)\n",
-             f"Settings chosen by validation image AUROC (validation split disjoint from test). Thresholds fixed on "
+             f"Settings chosen by validation image AUROC, ties by validation pixel AUROC (validation split disjoint "
+               f"from test). Thresholds fixed on "
              f"the validation split: anomalib's F1-adaptive, and the {q:g}th percentile of its normal scores; "
              "FAR = share of normal test images flagged.\n",
              "Raw = the models' own scores; normalised = after anomalib's post-processor (min–max with validation "

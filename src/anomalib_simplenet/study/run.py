@@ -1,5 +1,6 @@
 """The study, step by step: data → every setting fitted per category (and on all categories) → the setting of best
-validation image AUROC per model → test metrics and ROC curves → cost and quantization → DBSCAN → report.
+validation image AUROC per model (ties: validation pixel AUROC) → test metrics and ROC curves → cost and
+quantization → DBSCAN → report.
 
 Kinds that use a pretrained network (``teacher``, ``distill``) are fitted once per teacher network; the first
 teacher is the one the hypothesis is about. A long study is split into runs and merged by :mod:`.merge`.
@@ -29,15 +30,16 @@ from anomalib_simplenet.lab.data import datamodule as category_datamodule
 from anomalib_simplenet.lab.data import images_by_label, prepare_categories, union_datamodule
 from anomalib_simplenet.lab.export import TORCH_FP32, measure_variants, select_variants
 from anomalib_simplenet.lab.figures import loss_figure, plot_report, roc_figure
-from anomalib_simplenet.lab.fit import FitResult, overfitting_note
+from anomalib_simplenet.lab.fit import FitResult
 from anomalib_simplenet.lab.flops import forward_flops
-from anomalib_simplenet.lab.scores import Predictions, evaluate, predict, roc_points, validation_rank
+from anomalib_simplenet.lab.scores import evaluate, predict, roc_points
 from anomalib_simplenet.lab.settings import Setting
 from anomalib_simplenet.lab.weights import weights_description
 from anomalib_simplenet.models.unet_ae import save_reconstructions
 
+from .candidates import Candidate, mask_contrast, run_record
 from .report import hypothesis_checks, write_report
-from .settings import KIND_TITLES, KINDS, fit_setting, resolve_init_args, study_settings
+from .settings import KINDS, fit_setting, resolve_init_args, study_settings
 
 ALL = "all"  # scope of the models trained on all categories at once
 TEACHER_KINDS = ("teacher", "distill", "simplenet")  # kinds fitted once per teacher network
@@ -74,52 +76,6 @@ class StudyConfig:
 
 def _step(message: str) -> None:
     print(f"==> [study] {message}", flush=True)
-
-
-@dataclass
-class Candidate:
-    """A fitted setting, its metrics and ROC points per category and (while it may still be chosen) its model."""
-
-    setting: Setting
-    scope: str
-    fit: FitResult
-    teacher: str | None = None  # the teacher network of kinds that use one
-    init_args: dict[str, Any] = field(default_factory=dict)
-    weights: str = ""
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    roc: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    wall_s: float = math.nan  # fit and evaluation
-
-    @property
-    def key(self) -> str:
-        """The model this is a setting of: the kind, with its teacher network (``distill@inception_v3``)."""
-        return f"{self.setting.kind}@{self.teacher}" if self.teacher else self.setting.kind
-
-    @property
-    def label(self) -> str:
-        """``distill/lr1e-3 (inception_v3)``."""
-        return f"{self.setting.label} ({self.teacher})" if self.teacher else self.setting.label
-
-    @property
-    def title(self) -> str:
-        """``DistillClassifier distilled (inception_v3)``."""
-        return f"{KIND_TITLES[self.setting.kind]} ({self.teacher})" if self.teacher else KIND_TITLES[self.setting.kind]
-
-    @property
-    def selection_score(self) -> tuple[float, float]:
-        """Validation image AUROC, then pixel AUROC, each the mean over the categories it was evaluated on
-        (:func:`~anomalib_simplenet.lab.scores.validation_rank`)."""
-        return validation_rank(self.metrics.values())
-
-
-def mask_contrast(test: Predictions) -> dict[str, float]:
-    """Mean raw anomaly-map value inside and outside the defect masks of the defective test images (NaN without
-    masks): how much of the map's response lands on the defects."""
-    defective = test.labels == 1
-    if test.masks is None or not test.masks[defective].any():
-        return {"map_in_mask": math.nan, "map_outside_mask": math.nan}
-    maps, masks = test.maps[defective], test.masks[defective].astype(bool)
-    return {"map_in_mask": float(maps[masks].mean()), "map_outside_mask": float(maps[~masks].mean())}
 
 
 def _fit_scope(
@@ -167,27 +123,6 @@ def _fit_scope(
                 loser.fit.model = None  # only the chosen models are kept in memory
         gc.collect()
     return candidates, best
-
-
-def finite_or_nan(value: float) -> float:
-    """``value``, or NaN for ±inf (JSON has neither)."""
-    return value if math.isfinite(value) else math.nan
-
-
-def _run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
-    fit = candidate.fit
-    return {
-        "kind": candidate.setting.kind, "teacher": candidate.teacher, "title": candidate.title,
-        "setting": candidate.setting.name, "scope": candidate.scope,
-        "status": fit.status, "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
-        "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "wall_s": candidate.wall_s,
-        "weights": candidate.weights, "chosen": chosen,
-        "selection_val_image_auroc": finite_or_nan(candidate.selection_score[0]),
-        "selection_val_pixel_auroc": finite_or_nan(candidate.selection_score[1]),
-        "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
-        "init_args": {k: v for k, v in candidate.init_args.items() if k != "categories"},
-        "history": fit.history, "run_dir": str(fit.run_dir), "metrics": candidate.metrics,
-    }
 
 
 def write_figures(
@@ -279,7 +214,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         found, chosen[scope] = _fit_scope(config, scope_settings, scope, data, evaluated_on, out, categories)
         candidates += found
     chosen_ids = {id(c) for best in chosen.values() for c in best.values()}
-    runs = [_run_record(c, id(c) in chosen_ids) for c in candidates]
+    runs = [run_record(c, id(c) in chosen_ids) for c in candidates]
     main = [{"category": category, "scope": scope, "kind": c.setting.kind, "teacher": c.teacher, "title": c.title,
              "setting": c.setting.name, **c.metrics[category]}
             for scope, best in chosen.items() for c in best.values() for category in c.metrics]
