@@ -112,6 +112,11 @@ def aupro(masks: np.ndarray | None, maps: np.ndarray | None) -> float:
     return float(metric.compute())
 
 
+def pixel_auroc(masks: np.ndarray | None, maps: np.ndarray) -> float:
+    """AUROC of the map values ``(N, H, W)`` against the defect masks; NaN without masks or defects."""
+    return math.nan if masks is None else auroc(masks.reshape(-1), maps.reshape(-1))
+
+
 def metrics(predictions: Predictions, with_aupro: bool = False) -> dict[str, float]:
     """``image_auroc``, ``pixel_auroc`` (and ``pixel_aupro``) on raw scores, each with its ``_normalised`` twin;
     with masks, the mean signed map offset ``map_offset_x`` / ``_y`` in input pixels (:mod:`.map_offset`)."""
@@ -121,7 +126,7 @@ def metrics(predictions: Predictions, with_aupro: bool = False) -> dict[str, flo
         if scores is None:
             continue
         values[f"image_auroc{suffix}"] = auroc(p.labels, scores)
-        values[f"pixel_auroc{suffix}"] = math.nan if p.masks is None else auroc(p.masks.reshape(-1), maps.reshape(-1))
+        values[f"pixel_auroc{suffix}"] = pixel_auroc(p.masks, maps)
         if with_aupro:
             values[f"pixel_aupro{suffix}"] = aupro(p.masks, maps)
     if p.masks is not None:  # normalisation is monotonic: the hottest pixels, and so the offset, are the same
@@ -165,11 +170,8 @@ def at_threshold(predictions: Predictions, threshold: float) -> dict[str, float]
 def evaluate(validation: Predictions, test: Predictions, percentile: float) -> dict[str, float]:
     """Validation image and pixel AUROC (the selection criteria, see :func:`validation_rank`), test metrics (raw and
     normalised), and F1 / false-alarm rate on test at the two thresholds fixed on validation."""
-    val_pixel = math.nan
-    if validation.masks is not None and validation.masks.any():
-        val_pixel = auroc(validation.masks.reshape(-1), validation.maps.reshape(-1))
-    values = {"val_image_auroc": auroc(validation.labels, validation.scores), "val_pixel_auroc": val_pixel,
-              **metrics(test)}
+    values = {"val_image_auroc": auroc(validation.labels, validation.scores),
+              "val_pixel_auroc": pixel_auroc(validation.masks, validation.maps), **metrics(test)}
     for name, threshold in (("adaptive", adaptive_threshold(validation)),
                             ("percentile", percentile_threshold(validation, percentile))):
         values.update({f"{name}_{k}": v for k, v in at_threshold(test, threshold).items()})

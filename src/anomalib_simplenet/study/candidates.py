@@ -66,14 +66,15 @@ def finite_or_nan(value: float) -> float:
 
 def run_record(candidate: Candidate, chosen: bool) -> dict[str, Any]:
     fit = candidate.fit
+    image_rank, pixel_rank = candidate.selection_score
     return {
         "kind": candidate.setting.kind, "teacher": candidate.teacher, "title": candidate.title,
         "setting": candidate.setting.name, "scope": candidate.scope,
         "status": fit.status, "error": fit.error, "epochs": len(fit.history), "best_epoch": fit.best_epoch,
         "best_val_loss": fit.best_val_loss, "fit_s": fit.fit_s, "wall_s": candidate.wall_s,
         "weights": candidate.weights, "chosen": chosen,
-        "selection_val_image_auroc": finite_or_nan(candidate.selection_score[0]),
-        "selection_val_pixel_auroc": finite_or_nan(candidate.selection_score[1]),
+        "selection_val_image_auroc": finite_or_nan(image_rank),
+        "selection_val_pixel_auroc": finite_or_nan(pixel_rank),
         "overfitting": overfitting_note(fit.history, fit.best_epoch) if fit.status == "ok" else "",
         "init_args": {k: v for k, v in candidate.init_args.items() if k != "categories"},
         "history": fit.history, "run_dir": str(fit.run_dir), "metrics": candidate.metrics,
