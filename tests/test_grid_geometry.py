@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomalib_simplenet.components import grid_geometry
 from anomalib_simplenet.components.grid_geometry import (
     interpolation_weights,
     measure_geometry,
@@ -47,6 +48,29 @@ def test_measured_positions_of_known_paddings(pad: tuple[int, int, int, int], of
     torch.testing.assert_close(geometry, expected, atol=0.05, rtol=0)
 
 
+class BroadBox(nn.Module):
+    """One stride-4 33×33 box filter, zero "same" padding: cell ``i`` at pixel ``4i``, responding over ±16 px."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, kernel_size=33, stride=4, padding=16, bias=False)
+        nn.init.ones_(self.conv.weight)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.conv(images)]
+
+
+def test_probe_grows_until_it_holds_a_broad_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 48-px probe cuts the response off (the blob sits 10–24 px from its border): the mean cell is pulled
+    towards the centre; the grown probe gives the analytic offset."""
+    torch.testing.assert_close(measure_geometry(BroadBox(), [4], probe_size=48)[0, 0], torch.zeros(2), atol=0.05,
+                               rtol=0)
+    monkeypatch.setattr(grid_geometry, "MAX_PROBE_SIZE", 48)
+    with pytest.warns(UserWarning, match="border of a 48-px probe"):
+        biased = measure_geometry(BroadBox(), [4], probe_size=48)
+    assert (biased[0, 0].abs() > 1.0).all(), biased
+
+
 def test_resnet_geometry_is_the_analytic_one_and_deterministic() -> None:
     """Zero-padded ResNet-18 (random weights): cells at ``s·i``, i.e. ``(s − 1)/2`` up-left of interpolate's."""
     torch.manual_seed(0)
@@ -83,7 +107,7 @@ def test_module_geometry_is_measured_once_per_network_weights() -> None:
     changed = measure_module_geometry(other, [2, 4], probe_size=64)
     assert CountingBoxConvs.calls == 1
     assert not torch.allclose(changed, measured)
-    measure_module_geometry(first, [2, 4], probe_size=32)  # another probe size is another measurement
+    measure_module_geometry(first, [2, 4], probe_size=96)  # another probe size is another measurement
     assert CountingBoxConvs.calls == 2
     assert weights_fingerprint(first) == weights_fingerprint(same) != weights_fingerprint(other)
 
