@@ -18,6 +18,7 @@ from anomalib_simplenet.components.backbone import (
     packaged_weights_file,
     weights_source,
 )
+from anomalib_simplenet.components.grid_geometry import measure_module_geometry
 from anomalib_simplenet.components.packaged_weights import PackagedWeightsError, read_torchscript_state
 from anomalib_simplenet.components.tf_inception import (
     convert_tf_inception,
@@ -25,7 +26,6 @@ from anomalib_simplenet.components.tf_inception import (
     use_tf_pooling,
 )
 from anomalib_simplenet.lab import data as lab_data
-
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -134,6 +134,14 @@ def test_packaged_backbone_offline(package_file: Path, monkeypatch: pytest.Monke
     with torch.no_grad():
         maps = extractor(torch.zeros(1, 3, SIZE, SIZE))
     assert [tuple(m.shape[1:]) for m in maps] == [(288, 9, 9), (768, 4, 4)]
+
+
+def test_measured_cell_positions_are_the_unpadded_stems(package_file: Path) -> None:
+    """Valid 3×3 convolutions and pools put stride-8 cells at ``13 + 8i`` and stride-16 cells at ``21 + 16i``; the
+    trained weights move them by about a pixel. A probe too small for the broad stride-16 response read 26 px in y."""
+    extractor = create_feature_extractor("inception_v3", ["Mixed_5d", "Mixed_6e"]).eval()
+    offsets = measure_module_geometry(extractor, [8, 16])[:, 0]
+    torch.testing.assert_close(offsets, torch.tensor([[13.0, 13.0], [21.0, 21.0]]), atol=1.5, rtol=0)
 
 
 def test_weights_path_reads_the_torchscript_file(package_file: Path) -> None:
