@@ -22,7 +22,7 @@ from anomalib.data.utils import read_image
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.backbone import PACKAGED_WEIGHTS, weights_source
 from anomalib_simplenet.components.grid_geometry import resample
-from anomalib_simplenet.components.mahalanobis import MahalanobisDistance
+from anomalib_simplenet.components.mahalanobis import ESTIMATORS, MahalanobisDistance
 from anomalib_simplenet.lab.data import datamodule, subset
 from anomalib_simplenet.lab.report import fmt, markdown_table
 from anomalib_simplenet.lab.scores import auroc
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="discriminator widths (default: SimpleNet's)")
     parser.add_argument("--location-gaussian", nargs="+", type=int, default=[0, 1], choices=[0, 1],
                         help="score with the discriminator alone (0, official) and/or with the per-location Gaussian")
+    parser.add_argument("--gaussian-estimator", choices=ESTIMATORS, default="ridge",
+                        help="covariance of the location Gaussian and of the per-location reference")
     parser.add_argument("--gaussian-channels", type=int, default=None,
                         help="the location Gaussian on a seeded random subset of N feature channels")
     parser.add_argument("--finer-grid", action="store_true",
@@ -71,8 +73,8 @@ class ChannelSubsetGaussian(LocationGaussianEnsemble):
     """The location Gaussian on a fixed random subset of ``dim`` of the features' ``channels`` (Padim's way of
     keeping per-location covariances small for wide features)."""
 
-    def __init__(self, channels: int, dim: int, seed: int = 0) -> None:
-        super().__init__(dim)
+    def __init__(self, channels: int, dim: int, estimator: str = "ridge", seed: int = 0) -> None:
+        super().__init__(dim, estimator)
         order = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("channels", order[:dim].sort().values)
 
@@ -141,15 +143,16 @@ def validate(model: SimpleNet, val: dict[str, torch.Tensor], size: tuple[int, in
 
 
 @torch.no_grad()
-def references(train: torch.Tensor, val: dict[str, torch.Tensor], bank_size: int) -> dict[str, float]:
+def references(train: torch.Tensor, val: dict[str, torch.Tensor], bank_size: int, estimator: str) -> dict[str, float]:
     """Validation image AUROC (maximum over locations) of three untrained scores on the same features."""
     labels = val["labels"].numpy()
     train_maps = train.float().flatten(2).transpose(1, 2)  # (N, h·w, D)
     val_maps = val["features"].float().flatten(2).transpose(1, 2)
-    per_location = MahalanobisDistance(train_maps.shape[2], groups=train_maps.shape[1]).fit(train_maps)
+    per_location = MahalanobisDistance(train_maps.shape[2], groups=train_maps.shape[1], estimator=estimator)
+    per_location.fit(train_maps)
     locations = train_maps.reshape(-1, train_maps.shape[2])
     bank = locations[torch.randperm(len(locations), generator=torch.Generator().manual_seed(0))[:bank_size]]
-    shared = MahalanobisDistance(locations.shape[1]).fit(bank)
+    shared = MahalanobisDistance(locations.shape[1], estimator=estimator).fit(bank)
     queries = val_maps.reshape(-1, val_maps.shape[2])
     nearest = torch.cat([torch.cdist(chunk, bank).amin(dim=1) for chunk in queries.split(4096)])
     scores = {
@@ -195,7 +198,8 @@ def markdown(runs: list[dict[str, Any]], epochs: int, reference: dict[str, dict[
         rows.append([f"mean image AUROC ({len(chosen)} categories)", *map(str, key),
                      *(f"{fmt(cells, '.3f')} ({fmt(smoothed, '.3f')})" for cells, smoothed in zip(*means))])
     header = ["category", "σ (relative)", "hidden", "location Gaussian", *map(str, range(1, epochs + 1))]
-    options = {key: runs[0][key] for key in ("gaussian_channels", "finer_grid") if runs and runs[0].get(key)}
+    options = {key: runs[0][key] for key in ("gaussian_channels", "gaussian_estimator", "finer_grid")
+               if runs and runs[0].get(key)}
     title = ("image AUROC (maximum over cells; over the smoothed map) / pixel AUROC / validation loss on validation "
              f"images (raw scores), per epoch{f', {options}' if options else ''}")
     lines = [title, "", markdown_table(header, rows)]
@@ -257,13 +261,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"{category}: {len(train)} training, {len(val['labels'])} validation images, feature scale "
               f"{float(scale):.4g}", flush=True)
         if args.bank > 0:
-            reference[category] = references(train, val, args.bank)
+            reference[category] = references(train, val, args.bank, args.gaussian_estimator)
             print(json.dumps({category: reference[category]}), flush=True)
         for hidden, relative, gaussian in itertools.product(args.hidden, args.relative_noise, args.location_gaussian):
             model = build(args, relative_noise_std=relative, discriminator_hidden=hidden,
                           location_gaussian=bool(gaussian))
             if gaussian and args.gaussian_channels:
-                model.model.location_gaussian = ChannelSubsetGaussian(train.shape[1], args.gaussian_channels)
+                model.model.location_gaussian = ChannelSubsetGaussian(train.shape[1], args.gaussian_channels,
+                                                                      args.gaussian_estimator)
+            elif gaussian:
+                model.model.location_gaussian.estimator = args.gaussian_estimator
             if args.finer_grid:
                 model.model.grid_geometry[0] = fine
             start = time.perf_counter()
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows = train_curve(model, train, val, args, scale)
             runs.append({"category": category, "relative_noise_std": relative, "hidden": hidden_width,
                          "location_gaussian": bool(gaussian), "gaussian_channels": args.gaussian_channels,
+                         "gaussian_estimator": args.gaussian_estimator,
                          "finer_grid": args.finer_grid, "rows": rows})
             (args.output / "sweep.json").write_text(json.dumps({"runs": runs, "references": reference}, indent=1))
     table = markdown(runs, args.epochs, reference)

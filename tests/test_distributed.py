@@ -54,6 +54,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
         count, batches = streamed.batches(3)
         assert count == 4
         torch.testing.assert_close(torch.cat(list(batches)), _values(ordered))
+        torch.testing.assert_close(torch.cat(list(batches)), _values(ordered))  # re-iterable
         (total,) = sum_over_samples(keys, _values(keys))
         torch.testing.assert_close(total, _values(ordered).sum(0))  # "a" once, although two ranks hold it
         (reduced,) = all_reduce_sum(torch.tensor([rank + 1.0]))
@@ -164,5 +165,6 @@ def test_rows_by_key_read_back_in_gather_order_without_concatenating() -> None:
     _, (expected,) = gather_by_key(keys, _values(keys))
     assert count == 5 and [len(part) for part in parts] == [2, 2, 1]
     torch.testing.assert_close(torch.cat(parts), expected)
+    torch.testing.assert_close(torch.cat(list(batches)), expected)  # a second pass reads the same rows
     with pytest.raises(ValueError, match="2 keys for 1 rows"):
         rows.add(_values(["x"]), ["x", "y"])

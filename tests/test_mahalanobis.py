@@ -1,4 +1,4 @@
-"""The shared Mahalanobis component against sklearn's Ledoit–Wolf and a direct formula."""
+"""The shared Mahalanobis component against sklearn's Ledoit–Wolf, Padim's ridge and a direct formula."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from anomalib_simplenet.components import mahalanobis
-from anomalib_simplenet.components.mahalanobis import MahalanobisDistance, ledoit_wolf_covariance
+from anomalib_simplenet.components.mahalanobis import RELATIVE_RIDGE, MahalanobisDistance, ledoit_wolf_covariance
 
 
 def test_ledoit_wolf_matches_sklearn() -> None:
@@ -18,6 +18,36 @@ def test_ledoit_wolf_matches_sklearn() -> None:
     reference = LedoitWolf().fit(samples)
     np.testing.assert_allclose(covariance[0].numpy(), reference.covariance_, rtol=1e-8, atol=1e-10)
     assert shrinkage.item() == pytest.approx(reference.shrinkage_)
+
+
+def test_ridge_is_the_empirical_covariance_plus_a_scaled_identity() -> None:
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 6))
+    groups = np.stack([samples, 3 * samples[::-1]], axis=1)  # (30, 2, 6): the second group has 9× the variance
+    fitted = MahalanobisDistance(6, groups=2, eps=0.0, estimator="ridge").fit(torch.from_numpy(groups))
+    empirical = [np.cov(groups[:, group], rowvar=False, bias=True) for group in range(2)]
+    ridge = RELATIVE_RIDGE * (np.trace(empirical[0]) + np.trace(empirical[1])) / 12  # one ridge for all groups
+    for group in range(2):
+        expected = empirical[group] + ridge * np.eye(6)
+        np.testing.assert_allclose(torch.linalg.inv(fitted.precision[group].double()).numpy(), expected, rtol=1e-4)
+
+
+def test_ridge_keeps_the_directions_few_samples_do_not_span() -> None:
+    """20 samples in 40 dimensions span 19: a step off that span by the samples' own spread is far under the ridge
+    (it is measured against the ridge's small variance), and looks ordinary to Ledoit–Wolf (shrunk to isotropic)."""
+    torch.manual_seed(0)
+    normal = torch.randn(20, 40)
+    centred = normal - normal.mean(0)
+    off_span = torch.randn(40)
+    off_span -= torch.linalg.lstsq(centred.T, off_span).solution @ centred  # remove its in-span part
+    off_span *= centred.norm(dim=1).mean() / off_span.norm()
+    in_span = centred[0]  # a training sample: as far from the mean as the step off the span
+    for estimator, lowest, highest in (("ridge", 5.0, None), ("ledoit_wolf", None, 1.5)):
+        fitted = MahalanobisDistance(40, estimator=estimator).fit(normal)
+        ratio = float(fitted((normal.mean(0) + off_span)[None]) / fitted((normal.mean(0) + in_span)[None]))
+        assert (lowest is None or ratio > lowest) and (highest is None or ratio < highest), (estimator, ratio)
+    with pytest.raises(ValueError, match="estimator"):
+        MahalanobisDistance(4, estimator="oas")
 
 
 def test_distance_matches_formula_and_ranks_outliers() -> None:

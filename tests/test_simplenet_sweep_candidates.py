@@ -58,5 +58,5 @@ def test_sweep_trains_on_the_finer_grid_with_a_channel_subset_gaussian(synthetic
     row = runs[0]["rows"][0]
     assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["image_auroc_map"] <= 1.0
     assert len(list((tmp_path / "data" / "synthetic" / "train" / "good").iterdir())) == 6
-    assert "'gaussian_channels': 8, 'finer_grid': True" in (tmp_path / "sweep.md").read_text()
+    assert "'gaussian_channels': 8, 'gaussian_estimator': 'ridge', 'finer_grid': True" in (tmp_path / "sweep.md").read_text()
     assert json.loads((tmp_path / "sweep.json").read_text())["runs"][0]["finer_grid"] is True

@@ -143,25 +143,33 @@ class RowsByKey:
         self.parts.append(rows if is_distributed() else rows.cpu())
         self.keys += [str(key) for key in keys]
 
-    def batches(self, size: int) -> tuple[int, Iterator[torch.Tensor]]:
-        """Number of distinct keys and an iterator over their rows in batches of ``size`` (CPU tensors).
+    def batches(self, size: int) -> tuple[int, Iterable[torch.Tensor]]:
+        """Number of distinct keys and their rows in batches of ``size`` (CPU tensors), re-iterable: each pass
+        stacks the batches anew from the rows added.
 
         A collective under DDP: every rank must call it.
         """
         if is_distributed():
             _, (everything,) = gather_by_key(self.keys, torch.cat(self.parts))
             self.parts = []
-            return len(everything), iter(everything.cpu().split(size))
+            return len(everything), everything.cpu().split(size)
         first: dict[str, tuple[int, int]] = {}
         locations = ((part, row) for part, rows in enumerate(self.parts) for row in range(len(rows)))
         for key, location in zip(self.keys, locations, strict=True):
             first.setdefault(key, location)
         ordered = [first[key] for key in sorted(first)]
-        batches = (
-            torch.stack([self.parts[part][row] for part, row in ordered[start : start + size]])
-            for start in range(0, len(ordered), size)
-        )
-        return len(ordered), batches
+        return len(ordered), _StackedBatches(self.parts, ordered, size)
+
+
+class _StackedBatches:
+    """Rows at ``(part, row)`` positions of ``parts``, stacked ``size`` at a time on every pass."""
+
+    def __init__(self, parts: list[torch.Tensor], ordered: list[tuple[int, int]], size: int) -> None:
+        self.parts, self.ordered, self.size = parts, ordered, size
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.ordered), self.size):
+            yield torch.stack([self.parts[part][row] for part, row in self.ordered[start : start + self.size]])
 
 
 def batch_keys(paths: Sequence[Any] | None, count: int, start: int) -> list[str]:

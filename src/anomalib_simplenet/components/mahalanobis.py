@@ -1,8 +1,14 @@
-"""Mahalanobis distance to a Gaussian fitted on normal embeddings, with Ledoit–Wolf shrinkage.
+"""Mahalanobis distance to a Gaussian fitted on normal embeddings, with Ledoit–Wolf shrinkage or a ridge.
 
-One implementation for the whole package (DistillClassifier, UNetAE, analyses). The Gaussian is fitted
-in torch, batched over any number of independent groups (e.g. one per feature-map location), and kept in
-buffers so that it is saved in checkpoints and exported with the model.
+One implementation for the whole package (DistillClassifier, UNetAE, SimpleNet's location Gaussian, analyses). The
+Gaussian is fitted in torch, batched over any number of independent groups (e.g. one per feature-map location), and
+kept in buffers so that it is saved in checkpoints and exported with the model.
+
+Two covariance estimators: Ledoit–Wolf shrinks towards a scaled identity by as much as the sample's noise calls for;
+with fewer samples than dimensions it shrinks nearly all the way, and the distance then forgets the directions in
+which normal data hardly varies. The ridge (Padim's: empirical covariance plus a small multiple of the identity)
+keeps them: a feature off the span of the normal samples is far away, which is what sets anomalies apart when
+each Gaussian sees only a few dozen images (one per feature-map location).
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from torch import nn
 # Most sample values (N·g·D) fitted at once; 16 Mi doubles = 128 MiB per temporary.
 FIT_CHUNK_ELEMENTS = 2**24
 COVARIANCE_EPS = 1e-6  # added to the covariance diagonal before inversion, for numerical safety
+# The ridge in units of the mean variance: Padim's 0.01 is absolute, for features of about unit variance.
+RELATIVE_RIDGE = 0.01
+ESTIMATORS = ("ledoit_wolf", "ridge")
 
 
 def ledoit_wolf_covariance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +63,33 @@ def ledoit_wolf_shrinkage(
     return covariance, shrinkage
 
 
+def ridge_covariance(
+    empirical: torch.Tensor, mean_variance: torch.Tensor | float, relative: float = RELATIVE_RIDGE
+) -> torch.Tensor:
+    """Empirical covariances ``(G, D, D)`` plus ``relative × mean_variance`` on the diagonal: full rank whatever the
+    number of samples.
+
+    ``mean_variance`` is the features' variance averaged over channels *and groups*, so that one value serves
+    every backbone (scale-free) and every group gets the same ridge: a ridge scaled per group would make
+    groups of nearly constant features (a flat background's locations) the most sensitive of all.
+    """
+    identity = torch.eye(empirical.shape[-1], dtype=empirical.dtype, device=empirical.device)
+    return empirical + relative * float(mean_variance) * identity
+
+
+def mean_variance(samples: torch.Tensor) -> torch.Tensor:
+    """Variance of samples ``(N, G, D)`` over ``N``, averaged over groups and channels (the ridge's unit)."""
+    return samples.double().var(dim=0, unbiased=False).mean()
+
+
+def check_estimator(estimator: str) -> str:
+    """``estimator`` if it names a covariance estimator, else a ValueError naming the argument."""
+    if estimator not in ESTIMATORS:
+        msg = f"covariance estimator must be one of {ESTIMATORS}, got {estimator!r}"
+        raise ValueError(msg)
+    return estimator
+
+
 class MahalanobisDistance(nn.Module):
     """Distance of embeddings to Gaussians fitted on normal data.
 
@@ -61,11 +97,13 @@ class MahalanobisDistance(nn.Module):
         dim: embedding length ``D``.
         groups: number of independent Gaussians ``G`` (1 for image embeddings; ``H·W`` for one per location).
         eps: added to the covariance diagonal before inversion, for numerical safety.
+        estimator: ``"ledoit_wolf"`` or ``"ridge"`` (see the module's docstring).
     """
 
-    def __init__(self, dim: int, groups: int = 1, eps: float = COVARIANCE_EPS) -> None:
+    def __init__(self, dim: int, groups: int = 1, eps: float = COVARIANCE_EPS, estimator: str = "ledoit_wolf") -> None:
         super().__init__()
         self.eps = eps
+        self.estimator = check_estimator(estimator)
         self.register_buffer("mean", torch.zeros(groups, dim))
         self.register_buffer("precision", torch.eye(dim).repeat(groups, 1, 1))
         self.register_buffer("fitted", torch.tensor(False))
@@ -88,10 +126,15 @@ class MahalanobisDistance(nn.Module):
         # Groups are independent: fitting a slice of them at a time bounds the double-precision temporaries
         # (samples, centred, squared: a few × N·G·D·8 bytes at once, 1.4 GB each for 700 images on a 64×64 grid).
         step = max(1, FIT_CHUNK_ELEMENTS // (count * dim))
+        variance = mean_variance(embeddings) if self.estimator == "ridge" else None
         for start in range(0, groups, step):
             chunk = slice(start, start + step)
             samples = embeddings[:, chunk].double().transpose(0, 1)  # (g, N, D), double for a stable inverse
-            covariance, _ = ledoit_wolf_covariance(samples)
+            if self.estimator == "ridge":
+                centred = samples - samples.mean(dim=1, keepdim=True)
+                covariance = ridge_covariance(centred.transpose(1, 2) @ centred / count, variance)
+            else:
+                covariance, _ = ledoit_wolf_covariance(samples)
             covariance = covariance + self.eps * torch.eye(dim, dtype=covariance.dtype, device=covariance.device)
             self.mean[chunk] = samples.mean(dim=1).to(self.mean.dtype)
             self.precision[chunk] = torch.linalg.inv(covariance).to(self.precision.dtype)

@@ -3,18 +3,22 @@
 The discriminator scores one location at a time, wherever it is in the image; on aligned parts much of the signal is
 *where* a feature occurs (Padim's model: one Gaussian per feature-map location). The ensemble adds the Mahalanobis
 distance of each location's feature to that location's Gaussian, fitted on the frozen training features once at the
-start of fit (no training), to the discriminator's score. Each term is first divided into units of its own spread on
-normal training features (``(score - mean) / std``; the distance's on images its Gaussians did not see), so neither
-dominates by its scale. Both are inference-time buffers: the model exports as before.
+start of fit (no training), to the discriminator's score. The covariance is Padim's ridge by default (see
+:mod:`anomalib_simplenet.components.mahalanobis`): with a few dozen images per location Ledoit–Wolf shrinks away the
+low-variance directions that separate defects from normal features. Each term is first divided into units of its own spread on
+normal training features (``(score - mean) / std``; the distance's as if on images its Gaussians did not see: each
+training image's leave-one-out distance), so neither dominates by its scale. Both are inference-time buffers: the model exports as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from anomalib_simplenet.components.mahalanobis import check_estimator
 
 from .location_moments import LocationMoments
 
@@ -26,6 +30,7 @@ class LocationGaussianEnsemble(nn.Module):
 
     Args:
         dim: feature length ``D``.
+        estimator: the Gaussians' covariance estimator, ``"ridge"`` or ``"ledoit_wolf"``.
 
     Buffers (saved in checkpoints, exported): ``mean`` ``(G, D)`` and ``whitening`` ``(G, D, D)`` (the Cholesky factor
     ``L`` of each precision ``P = L·Lᵀ``: its values span the square root of the precision's range, so an FP16 export
@@ -34,9 +39,10 @@ class LocationGaussianEnsemble(nn.Module):
     as the discriminator's own BatchNorm layers do (momentum, per-process statistics under DDP, frozen with them).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, estimator: str = "ridge") -> None:
         super().__init__()
         self.dim = dim
+        self.estimator = check_estimator(estimator)
         self.register_buffer("mean", torch.zeros(0, dim))
         self.register_buffer("whitening", torch.zeros(0, dim, dim))
         self.register_buffer("gaussian_stats", torch.tensor([0.0, 1.0]))
@@ -56,56 +62,59 @@ class LocationGaussianEnsemble(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor], count: int | None = None) -> LocationGaussianEnsemble:
-        """Fit the Gaussians on normal feature maps ``(n, D, h, w)``, streamed batch by batch.
+        """Fit the Gaussians on normal feature maps ``(n, D, h, w)``, streamed batch by batch in two passes.
 
         Args:
-            batches: the training images' feature maps, in a fixed order (its first half is the held-out split's).
-            count: number of images in ``batches``; ``None``: ``batches`` is read into a list first to count them.
+            batches: the training images' feature maps; a one-shot iterator is read into a list first.
+            count: number of images in ``batches``, checked when given.
 
-        The distance's spread is measured on training images the Gaussians did not see (fitted on the first
-        ``count // 2``, measured on the rest): in-sample distances are much smaller than those of new normal images
-        when there are few images per location, and the Gaussian term would then outweigh the discriminator. The
-        Gaussians kept are then fitted on all images. Only running sums (:class:`.location_moments.LocationMoments`)
-        and the held-out distances are kept, not the features.
+        The first pass keeps only running sums (:class:`.location_moments.LocationMoments`), not the features. The
+        second measures the distance's spread on normal images the Gaussians did not see: each training image's
+        leave-one-out distance, from its in-sample distance ``q`` by the Sherman–Morrison identity. Leaving image
+        ``i`` out moves the mean by ``−dᵢ/(n−1)`` and takes ``w·dᵢ·dᵢᵀ/(n−1)`` off the covariance (``w``: the
+        weight of the empirical part; the ridge's own change is neglected), so its distance² becomes
+        ``(n/(n−1))² · q / (1 − w·q/(n−1))``. In-sample distances are much smaller than those of new normal images
+        when there are few images per location (and, with the ridge, fewer images than channels); the Gaussian
+        term would then outweigh the discriminator.
         """
-        if count is None:
+        if isinstance(batches, Iterator):
             batches = list(batches)
-            count = sum(len(batch) for batch in batches)
-        if count < 4:
-            msg = f"location Gaussian needs at least 4 training images (2 per half), got {count}"
-            raise ValueError(msg)
-        half, seen = count // 2, 0
-        moments = LocationMoments(self.dim)
-        distances: list[torch.Tensor] = []
+        moments, seen = LocationMoments(self.dim), 0
         for batch in batches:
             if batch.dim() == 4 and batch.shape[1] != self.dim:
                 msg = f"location Gaussian: features have {batch.shape[1]} channels, the model was built for {self.dim}"
                 raise ValueError(msg)
-            batch = batch.detach().float().cpu()
-            for part in (batch[: max(0, half - seen)], batch[max(0, half - seen) :]):
-                if len(part) == 0:
-                    continue
-                if seen >= half:  # held out from the half fit: its distances measure the spread
-                    distances += [self.distance(rows.to(self.mean.device)) for rows in part.split(32)]
-                moments.update(part)
-                seen += len(part)
-                if seen == half:
-                    self._set_gaussians(moments)
-        if seen != count:
+            moments.update(batch.detach().float().cpu())
+            seen += len(batch)
+        if count is not None and seen != count:
             msg = f"location Gaussian: told {count} training images, got {seen}"
             raise ValueError(msg)
-        distances_all = torch.cat(distances)
-        self.gaussian_stats.copy_(torch.stack([distances_all.mean(), distances_all.std().clamp_min(1e-6)]))
-        self._set_gaussians(moments)
+        if seen < 3:
+            msg = f"location Gaussian needs at least 3 training images (one left out of at least 2), got {seen}"
+            raise ValueError(msg)
+        weights = self._set_gaussians(moments).to(self.mean.device)
+        distances = torch.cat([self.leave_one_out_distance(rows.float().to(self.mean.device), weights, seen)
+                               for batch in batches for rows in batch.detach().split(32)])
+        self.gaussian_stats.copy_(torch.stack([distances.mean(), distances.std().clamp_min(1e-6)]))
         return self
 
-    def _set_gaussians(self, moments: LocationMoments) -> None:
-        """Take the Gaussians of ``moments``, written into the buffers when their size already fits."""
+    def leave_one_out_distance(self, features: torch.Tensor, weights: torch.Tensor, count: int) -> torch.Tensor:
+        """Distances ``(N, 1, h, w)`` of the ``count`` training images' features ``(N, D, h, w)`` to Gaussians fitted
+        without them (see :meth:`fit`); ``weights`` ``(G,)``: the empirical covariance's weight per location."""
+        squared = self.distance(features).square()
+        shrink = (weights.reshape(1, 1, *squared.shape[-2:]) * squared / (count - 1)).to(squared.dtype)
+        left_out = squared / (1 - shrink).clamp_min(torch.finfo(squared.dtype).eps)
+        return (count / (count - 1)) * left_out.sqrt()
+
+    def _set_gaussians(self, moments: LocationMoments) -> torch.Tensor:
+        """Take the Gaussians of ``moments``, written into the buffers when their size already fits; returns the
+        empirical covariance's weight per location ``(G,)``."""
         locations, device = moments.shift.shape[0], self.mean.device
         if tuple(self.whitening.shape) == (locations, self.dim, self.dim) and device.type == "cpu":
-            moments.gaussians(out=(self.mean, self.whitening))
-            return
-        self.mean, self.whitening = (buffer.to(device) for buffer in moments.gaussians())
+            return moments.gaussians(out=(self.mean, self.whitening), estimator=self.estimator)[2]
+        mean, whitening, weights = moments.gaussians(estimator=self.estimator)
+        self.mean, self.whitening = mean.to(device), whitening.to(device)
+        return weights
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``(N, 1, h, w)`` of features ``(N, D, h, w)`` to their locations' Gaussians."""

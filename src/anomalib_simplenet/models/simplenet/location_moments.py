@@ -1,7 +1,7 @@
-"""Running per-location sums of feature maps, from which one Ledoit–Wolf Gaussian per location is fitted.
+"""Running per-location sums of feature maps, from which one Gaussian per location is fitted (ridge or Ledoit–Wolf).
 
-The location Gaussian's fit needs, per location, the mean, the covariance and the sum of ``‖x − mean‖⁴`` (the
-Ledoit–Wolf shrinkage); all three follow from running sums of ``y``, ``y·yᵀ``, ``‖y‖²·y`` and ``‖y‖⁴``. So the
+The location Gaussian's fit needs, per location, the mean, the covariance and, for Ledoit–Wolf's shrinkage, the sum
+of ``‖x − mean‖⁴``; all three follow from running sums of ``y``, ``y·yᵀ``, ``‖y‖²·y`` and ``‖y‖⁴``. So the
 training features stream through batch by batch and only the ``(G, D, D)`` sums are kept, however many images
 there are, instead of every image's ``(D, h, w)`` features. The sums are kept in float64 and taken around a shift
 (the first batch's mean per location), so the covariance does not come from the difference of two large numbers.
@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from anomalib_simplenet.components.mahalanobis import COVARIANCE_EPS, ledoit_wolf_shrinkage
+from anomalib_simplenet.components.mahalanobis import (
+    COVARIANCE_EPS,
+    check_estimator,
+    ledoit_wolf_shrinkage,
+    ridge_covariance,
+)
 
 LOCATION_CHUNK = 64  # locations updated or turned into Gaussians at once: bounds the float64 temporaries
 
@@ -63,10 +68,16 @@ class LocationMoments:
         self.count += len(features)
 
     def gaussians(
-        self, out: tuple[torch.Tensor, torch.Tensor] | None = None, eps: float = COVARIANCE_EPS
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eps: float = COVARIANCE_EPS,
+        estimator: str = "ridge",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means ``(G, D)`` and whitening factors ``(G, D, D)`` (Cholesky ``L`` of each precision ``L·Lᵀ``) of the
-        Ledoit–Wolf-shrunk Gaussians of the images added so far, written into ``out`` when given (float32 else)."""
+        Gaussians of the images added so far (covariance by ``estimator``: ``"ridge"`` or ``"ledoit_wolf"``, see
+        :mod:`anomalib_simplenet.components.mahalanobis`), written into ``out`` when given (float32 else), and the
+        weights ``(G,)`` of the empirical covariance in each (1 for the ridge, 1 − shrinkage for Ledoit–Wolf)."""
+        check_estimator(estimator)
         if self.shift is None or self.count < 2:
             msg = f"location Gaussian: need at least 2 images to fit a Gaussian, got {self.count}"
             raise ValueError(msg)
@@ -74,25 +85,41 @@ class LocationMoments:
         if out is None:
             out = (torch.empty(locations, self.dim), torch.empty(locations, self.dim, self.dim))
         means, factors = out
+        weights = torch.ones(locations, dtype=torch.float64)
+        variance = self._mean_variance()
         for start in range(0, locations, LOCATION_CHUNK):
             chunk = slice(start, start + LOCATION_CHUNK)
             mean = self.sums[chunk] / self.count  # of the shifted features
             products = self.products[chunk]
             empirical = products / self.count - mean[:, :, None] * mean[:, None, :]
-            # Σ‖y − m‖⁴ expanded in the running sums: Σ(‖y‖² − 2·m·y + ‖m‖²)².
-            mean_norm = mean.square().sum(dim=1)
-            mean_products = (mean[:, None, :] @ products @ mean[:, :, None])[:, 0, 0]
-            trace = products.diagonal(dim1=1, dim2=2).sum(dim=1)
-            fourth = (
-                self.fourth[chunk]
-                - 4 * (mean * self.weighted[chunk]).sum(dim=1)
-                + 4 * mean_products
-                + 2 * mean_norm * trace
-                - 4 * mean_norm * (mean * self.sums[chunk]).sum(dim=1)
-                + self.count * mean_norm**2
-            )
-            covariance, _ = ledoit_wolf_shrinkage(empirical, fourth, self.count)
+            if estimator == "ridge":
+                covariance = ridge_covariance(empirical, variance)
+            else:
+                covariance, shrinkage = ledoit_wolf_shrinkage(empirical, self._fourth(chunk, mean), self.count)
+                weights[chunk] = 1 - shrinkage.cpu()
             covariance = covariance + eps * torch.eye(self.dim, dtype=covariance.dtype, device=covariance.device)
             means[chunk] = self.shift[chunk] + mean
             factors[chunk] = torch.linalg.cholesky(torch.linalg.inv(covariance))
-        return means, factors
+        return means, factors, weights
+
+    def _mean_variance(self) -> float:
+        """Variance of the features added so far, averaged over locations and channels (the ridge's unit)."""
+        mean = self.sums / self.count  # (G, D) of the shifted features
+        second = self.products.diagonal(dim1=1, dim2=2) / self.count
+        return float((second - mean.square()).mean())
+
+    def _fourth(self, chunk: slice, mean: torch.Tensor) -> torch.Tensor:
+        """``Σ‖y − m‖⁴`` ``(g,)`` of the locations in ``chunk`` around their means ``m`` ``(g, D)`` (of the shifted
+        features), expanded in the running sums: ``Σ(‖y‖² − 2·m·y + ‖m‖²)²``."""
+        products = self.products[chunk]
+        mean_norm = mean.square().sum(dim=1)
+        mean_products = (mean[:, None, :] @ products @ mean[:, :, None])[:, 0, 0]
+        trace = products.diagonal(dim1=1, dim2=2).sum(dim=1)
+        return (
+            self.fourth[chunk]
+            - 4 * (mean * self.weighted[chunk]).sum(dim=1)
+            + 4 * mean_products
+            + 2 * mean_norm * trace
+            - 4 * mean_norm * (mean * self.sums[chunk]).sum(dim=1)
+            + self.count * mean_norm**2
+        )
