@@ -69,22 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class ChannelSubsetGaussian(LocationGaussianEnsemble):
-    """The location Gaussian on a fixed random subset of ``dim`` of the features' ``channels`` (Padim's way of
-    keeping per-location covariances small for wide features)."""
-
-    def __init__(self, channels: int, dim: int, estimator: str = "ridge", seed: int = 0) -> None:
-        super().__init__(dim, estimator)
-        order = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
-        self.register_buffer("channels", order[:dim].sort().values)
-
-    def fit(self, batches: Any, count: int | None = None) -> ChannelSubsetGaussian:
-        return super().fit([batch[:, self.channels] for batch in batches], count)
-
-    def distance(self, features: torch.Tensor) -> torch.Tensor:
-        return super().distance(features if features.shape[1] == self.dim else features[:, self.channels])
-
-
 def finer_grid(features: torch.Tensor, geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``(N, D, h, w)`` on cells at ``geometry`` ``(2, 2)`` resampled to ``(N, D, 2h, 2w)`` on a grid of
     half the stride over the same span; returns them and the finer grid's geometry."""
@@ -266,11 +250,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for hidden, relative, gaussian in itertools.product(args.hidden, args.relative_noise, args.location_gaussian):
             model = build(args, relative_noise_std=relative, discriminator_hidden=hidden,
                           location_gaussian=bool(gaussian))
-            if gaussian and args.gaussian_channels:
-                model.model.location_gaussian = ChannelSubsetGaussian(train.shape[1], args.gaussian_channels,
-                                                                      args.gaussian_estimator)
-            elif gaussian:
-                model.model.location_gaussian.estimator = args.gaussian_estimator
+            if gaussian:
+                model.model.location_gaussian = LocationGaussianEnsemble(
+                    train.shape[1], args.gaussian_estimator, channels=args.gaussian_channels
+                )
             if args.finer_grid:
                 model.model.grid_geometry[0] = fine
             start = time.perf_counter()

@@ -165,12 +165,32 @@ def test_ensemble_exports_to_openvino() -> None:
     torch.testing.assert_close(exported, model(images[1:2]).anomaly_map, rtol=1e-3, atol=1e-3)
 
 
-def test_default_keeps_the_gaussians_only_for_short_features() -> None:
-    """``None`` decides by the feature length: D×D matrices per location are cheap at D = 152, gigabytes at 1056+."""
-    from anomalib_simplenet.models.simplenet.torch_model import MAX_LOCATION_GAUSSIAN_DIM
+def test_default_keeps_all_channels_for_short_features_and_a_subset_for_wide_ones() -> None:
+    """``None`` decides by the feature length: D×D matrices per location are cheap at D = 152, gigabytes at 1056+,
+    so wide features keep Gaussians on a seeded random subset of channels (Padim's way); ``True`` keeps them all."""
+    from anomalib_simplenet.models.simplenet.torch_model import GAUSSIAN_SUBSET_CHANNELS, MAX_LOCATION_GAUSSIAN_DIM
 
     short = {**SMALL, "location_gaussian": None, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM}
     wide = {**short, "pretrain_embed_dim": 384, "target_embed_dim": MAX_LOCATION_GAUSSIAN_DIM + 1}
-    assert SimpleNetModel(**short).location_gaussian is not None
-    assert SimpleNetModel(**wide).location_gaussian is None
-    assert SimpleNetModel(**{**wide, "location_gaussian": True}).location_gaussian is not None
+    assert SimpleNetModel(**short).location_gaussian.channels is None
+    subset = SimpleNetModel(**wide).location_gaussian
+    assert subset.gaussian_dim == GAUSSIAN_SUBSET_CHANNELS == len(subset.channels)
+    assert SimpleNetModel(**{**wide, "location_gaussian": True}).location_gaussian.channels is None
+    assert SimpleNetModel(**{**wide, "location_gaussian": False}).location_gaussian is None
+
+
+def test_channel_subset_is_saved_and_exported_with_the_model() -> None:
+    """The subset is a buffer: a reloaded model scores the same, and features of the wrong width are refused."""
+    torch.manual_seed(0)
+    model = SimpleNetModel(**SMALL).train()
+    model.location_gaussian = LocationGaussianEnsemble(16, channels=5, seed=3)
+    features = model.extract_features(torch.randn(6, 3, 64, 64))
+    model.location_gaussian.fit([features])
+    model.eval()
+    reloaded = SimpleNetModel(**SMALL).eval()
+    reloaded.location_gaussian = LocationGaussianEnsemble(16, channels=5, seed=0)  # another subset, overwritten
+    reloaded.load_state_dict(model.state_dict())
+    assert torch.equal(reloaded.location_gaussian.channels, model.location_gaussian.channels)
+    torch.testing.assert_close(reloaded.score_map(features), model.score_map(features))
+    with pytest.raises(ValueError, match="built for 16 channels"):
+        model.location_gaussian.distance(features[:, :5])

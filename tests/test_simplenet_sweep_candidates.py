@@ -36,10 +36,11 @@ def test_finer_grid_halves_the_stride_over_the_same_span_and_interpolates_betwee
 def test_channel_subset_gaussian_equals_a_gaussian_fitted_on_those_channels() -> None:
     generator = torch.Generator().manual_seed(0)
     train, queries = torch.randn(40, 10, 3, 3, generator=generator), torch.randn(4, 10, 3, 3, generator=generator)
-    subset = sweep.ChannelSubsetGaussian(channels=10, dim=4, seed=0).fit(train.split(16))
+    subset = LocationGaussianEnsemble(10, channels=4, seed=0).fit(train.split(16))
     chosen = subset.channels
     assert len(chosen) == 4 and len(set(chosen.tolist())) == 4 and chosen.max() < 10
-    assert torch.equal(chosen, sweep.ChannelSubsetGaussian(channels=10, dim=4, seed=0).channels)  # seeded
+    assert torch.equal(chosen, LocationGaussianEnsemble(10, channels=4, seed=0).channels)  # seeded
+    assert LocationGaussianEnsemble(10, channels=10).channels is None  # as many as there are: all
     reference = LocationGaussianEnsemble(4).fit(train[:, chosen].split(16))
     torch.testing.assert_close(subset.distance(queries), reference.distance(queries[:, chosen]))
     torch.testing.assert_close(subset.gaussian_stats, reference.gaussian_stats)

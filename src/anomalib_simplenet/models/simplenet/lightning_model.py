@@ -102,10 +102,11 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             normal features: the position the discriminator cannot see (``models/simplenet/location_gaussian.py``).
             A deviation from the official code, which scores with the discriminator alone (``False``,
             configs/simplenet_official.yaml): on validation images of magnetic_tile, toothbrush and mpdd_metal_plate
-            (EfficientNet-Lite0, 256 px) it raised the mean image and pixel AUROC (benchmarks/simplenet_sweep.py).
-            ``None`` (default): on for features of at most 256 channels (EfficientNet-Lite: 152–168), off for wider
-            ones, whose per-location ``D×D`` matrices would take gigabytes (Inception-v3: 1056, wide_resnet50_2:
-            1536) and were not validated; ``True`` forces it.
+            (EfficientNet-Lite0, 256 px; Inception-v3 on toothbrush and mpdd_metal_plate) it raised the mean image
+            and pixel AUROC (benchmarks/simplenet_sweep.py). ``None`` (default): on, with all channels for features
+            of at most 256 (EfficientNet-Lite: 152–168); wider ones (Inception-v3: 1056, wide_resnet50_2: 1536),
+            whose per-location ``D×D`` matrices would take gigabytes, keep Gaussians on a seeded random subset of
+            152 channels, as Padim does; ``True``: all channels whatever the width.
         grid_alignment: place the anomaly map where the backbone's cells really look (their positions are
             measured once from the backbone, without data, and saved with the model); ``False`` reproduces the
             official SimpleNet maps exactly, which sit down-right of the defects by up to a defect's radius.

@@ -31,20 +31,32 @@ class LocationGaussianEnsemble(nn.Module):
     Args:
         dim: feature length ``D``.
         estimator: the Gaussians' covariance estimator, ``"ridge"`` or ``"ledoit_wolf"``.
+        channels: fit the Gaussians on a seeded random subset of this many of the ``D`` channels (Padim's way of
+            keeping per-location matrices small for wide features); ``None`` or ``≥ D``: all channels.
+        seed: seed of the channel subset.
 
-    Buffers (saved in checkpoints, exported): ``mean`` ``(G, D)`` and ``whitening`` ``(G, D, D)`` (the Cholesky factor
+    Buffers (saved in checkpoints, exported): ``channels`` (the subset, when there is one), ``mean`` ``(G, C)`` and
+    ``whitening`` ``(G, C, C)`` (``C`` the channels kept; the Cholesky factor
     ``L`` of each precision ``P = L·Lᵀ``: its values span the square root of the precision's range, so an FP16 export
     stores them in f16) of the ``G = h·w`` Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the discriminator
     score's running mean and variance, kept by a one-channel BatchNorm (``score_norm``) that only tracks: it behaves
     as the discriminator's own BatchNorm layers do (momentum, per-process statistics under DDP, frozen with them).
     """
 
-    def __init__(self, dim: int, estimator: str = "ridge") -> None:
+    def __init__(self, dim: int, estimator: str = "ridge", channels: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.dim = dim
         self.estimator = check_estimator(estimator)
-        self.register_buffer("mean", torch.zeros(0, dim))
-        self.register_buffer("whitening", torch.zeros(0, dim, dim))
+        self.register_buffer("channels", None)  # all channels; else the subset's indices
+        if channels is not None and channels < dim:
+            if channels < 1:
+                msg = f"location Gaussian: channels must be ≥ 1, got {channels}"
+                raise ValueError(msg)
+            order = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))
+            self.channels = order[:channels].sort().values
+        self.gaussian_dim = dim if self.channels is None else len(self.channels)
+        self.register_buffer("mean", torch.zeros(0, self.gaussian_dim))
+        self.register_buffer("whitening", torch.zeros(0, self.gaussian_dim, self.gaussian_dim))
         self.register_buffer("gaussian_stats", torch.tensor([0.0, 1.0]))
         self.score_norm = nn.BatchNorm2d(1, affine=False, momentum=TRACK_MOMENTUM)
 
@@ -79,12 +91,9 @@ class LocationGaussianEnsemble(nn.Module):
         """
         if isinstance(batches, Iterator):
             batches = list(batches)
-        moments, seen = LocationMoments(self.dim), 0
+        moments, seen = LocationMoments(self.gaussian_dim), 0
         for batch in batches:
-            if batch.dim() == 4 and batch.shape[1] != self.dim:
-                msg = f"location Gaussian: features have {batch.shape[1]} channels, the model was built for {self.dim}"
-                raise ValueError(msg)
-            moments.update(batch.detach().float().cpu())
+            moments.update(self._kept_channels(batch.detach().float().cpu()))
             seen += len(batch)
         if count is not None and seen != count:
             msg = f"location Gaussian: told {count} training images, got {seen}"
@@ -110,18 +119,27 @@ class LocationGaussianEnsemble(nn.Module):
         """Take the Gaussians of ``moments``, written into the buffers when their size already fits; returns the
         empirical covariance's weight per location ``(G,)``."""
         locations, device = moments.shift.shape[0], self.mean.device
-        if tuple(self.whitening.shape) == (locations, self.dim, self.dim) and device.type == "cpu":
+        if tuple(self.whitening.shape) == (locations, self.gaussian_dim, self.gaussian_dim) and device.type == "cpu":
             return moments.gaussians(out=(self.mean, self.whitening), estimator=self.estimator)[2]
         mean, whitening, weights = moments.gaussians(estimator=self.estimator)
         self.mean, self.whitening = mean.to(device), whitening.to(device)
         return weights
+
+    def _kept_channels(self, features: torch.Tensor) -> torch.Tensor:
+        """The channels the Gaussians model, of features ``(N, D, h, w)``."""
+        if features.dim() != 4 or features.shape[1] != self.dim:
+            msg = (f"location Gaussian: expected features (N, {self.dim}, h, w) (the model was built for {self.dim} "
+                   f"channels), got {tuple(features.shape)}")
+            raise ValueError(msg)
+        return features if self.channels is None else features.index_select(1, self.channels)
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``(N, 1, h, w)`` of features ``(N, D, h, w)`` to their locations' Gaussians."""
         if not self.fitted:
             msg = "location Gaussian is not fitted: fit SimpleNet (it fits it at the start of fit) or call fit()"
             raise RuntimeError(msg)
-        count, dim, height, width = features.shape
+        features = self._kept_channels(features)
+        count, _, height, width = features.shape
         if height * width != self.mean.shape[0]:
             msg = (f"location Gaussian was fitted on a {self.mean.shape[0]}-location grid, got {height}×{width}: "
                    "use the input size it was trained with")

@@ -34,7 +34,9 @@ MAX_EMBED_DIM = 1536  # the official wide_resnet50_2 width
 MAX_DISCRIMINATOR_HIDDEN = 1024  # the official width, for 1536-long features
 # Each location's Gaussian holds a D×D matrix: at 256 px (32×32 locations) D = 152 (EfficientNet-Lite0) takes 95 MB,
 # D = 1056 (Inception-v3) 3.8 GB and D = 1536 (wide_resnet50_2, 36×36 at 288 px) 12 GB, in the model and its export.
+# Wider features keep Gaussians on a random subset of 152 channels, as Padim does (validated on Inception-v3).
 MAX_LOCATION_GAUSSIAN_DIM = 256
+GAUSSIAN_SUBSET_CHANNELS = 152
 
 
 def default_embed_dim(channels: Sequence[int]) -> int:
@@ -120,7 +122,9 @@ class SimpleNetModel(nn.Module):
         anomaly_map_sigma: σ of the Gaussian smoothing of the upsampled score map.
         location_gaussian: add a per-location Gaussian's distance to the discriminator's score (see
             :mod:`.location_gaussian`; fitted by SimpleNet's fit); ``False``: the discriminator alone (official);
-            ``None``: on when the feature length ``D`` is at most :data:`MAX_LOCATION_GAUSSIAN_DIM`.
+            ``None``: on, with all channels when the feature length ``D`` is at most
+            :data:`MAX_LOCATION_GAUSSIAN_DIM`, else on a seeded random subset of :data:`GAUSSIAN_SUBSET_CHANNELS`;
+            ``True``: on with all channels.
         channels_last: keep the backbone weights in channels-last memory format (faster convolutions on
             CPU (oneDNN) and on GPU tensor cores; the numbers are the same).
         grid_alignment: resample the deeper layers onto the first layer's grid and the score map onto the
@@ -173,9 +177,14 @@ class SimpleNetModel(nn.Module):
         self.discriminator = Discriminator(target_embed_dim, discriminator_hidden, discriminator_layers)
         self.noise_generator = AnomalyFeatureGenerator(noise_std, relative_noise_std)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=anomaly_map_sigma)
+        self.location_gaussian = None
         if location_gaussian is None:
-            location_gaussian = target_embed_dim <= MAX_LOCATION_GAUSSIAN_DIM
-        self.location_gaussian = LocationGaussianEnsemble(target_embed_dim) if location_gaussian else None
+            wide = target_embed_dim > MAX_LOCATION_GAUSSIAN_DIM
+            self.location_gaussian = LocationGaussianEnsemble(
+                target_embed_dim, channels=GAUSSIAN_SUBSET_CHANNELS if wide else None
+            )
+        elif location_gaussian:
+            self.location_gaussian = LocationGaussianEnsemble(target_embed_dim)
         self._fused_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] | None = None
 
     def train(self, mode: bool = True) -> SimpleNetModel:
