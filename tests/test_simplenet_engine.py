@@ -65,6 +65,21 @@ def test_predict_and_checkpoint_reload_give_same_scores(trained: tuple, syntheti
     torch.testing.assert_close(reloaded(batch).pred_score, model.to("cpu")(batch).pred_score)
 
 
+def test_wide_features_fit_gaussians_on_a_channel_subset(synthetic_root: Path, tmp_path: Path) -> None:
+    """Features wider than 256 channels: the fit collects and models the subset's channels only, and a reloaded
+    checkpoint scores the same."""
+    torch.manual_seed(0)
+    model = SimpleNet(**{**TINY_SIMPLENET, "pretrain_embed_dim": 300, "target_embed_dim": 300})
+    engine = _engine(tmp_path, epochs=1)
+    engine.fit(model, datamodule=lab_data.datamodule(synthetic_root, "synthetic"))
+    gaussian = model.model.location_gaussian
+    assert gaussian.fitted and gaussian.channels is not None and gaussian.whitening.shape[1:] == (152, 152)
+    callback = engine.trainer.checkpoint_callback
+    reloaded = SimpleNet.load_from_checkpoint(callback.best_model_path or callback.last_model_path).eval()
+    batch = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(reloaded(batch).anomaly_map, model.eval().to("cpu")(batch).anomaly_map)
+
+
 def test_pre_processor_resizes_to_image_size() -> None:
     model = SimpleNet(backbone="resnet18", pre_trained=False, image_size=(96, 80))
     assert model.input_size == (96, 80)

@@ -193,4 +193,15 @@ def test_channel_subset_is_saved_and_exported_with_the_model() -> None:
     assert torch.equal(reloaded.location_gaussian.channels, model.location_gaussian.channels)
     torch.testing.assert_close(reloaded.score_map(features), model.score_map(features))
     with pytest.raises(ValueError, match="built for 16 channels"):
-        model.location_gaussian.distance(features[:, :5])
+        model.location_gaussian.distance(features[:, :6])
+
+
+def test_a_subset_fit_on_the_kept_channels_alone_equals_the_fit_on_all() -> None:
+    """SimpleNet's fit collects only the subset's channels (memory); the Gaussians are the same."""
+    features = correlated_features(30).repeat(1, 3, 1, 1)  # (30, 18, 4, 5)
+    whole = LocationGaussianEnsemble(18, channels=6, seed=1).fit(features.split(7))
+    kept = LocationGaussianEnsemble(18, channels=6, seed=1)
+    kept.fit([kept.kept_channels(batch) for batch in features.split(7)])
+    for name in ("mean", "whitening", "gaussian_stats"):
+        torch.testing.assert_close(getattr(kept, name), getattr(whole, name))
+    torch.testing.assert_close(kept.distance(features), whole.distance(features))

@@ -34,7 +34,9 @@ def fit_training_statistics(
     collected = RowsByKey() if gaussian is not None else None
     if not noise.relative and gaussian is None:
         return
-    scale, images = measure_feature_scale(trainer, pre_processor, features, device, collected)
+    # Only the channels the Gaussians model are kept (152 of Inception-v3's 1056: 0.4 instead of 3 GB on 762 images).
+    keep = gaussian.kept_channels if gaussian is not None else None
+    scale, images = measure_feature_scale(trainer, pre_processor, features, device, collected, keep)
     if collected is not None:
         # In key order over all ranks (a collective under DDP, where every rank has batches): all fit the same.
         count, batches = collected.batches(GAUSSIAN_FIT_BATCH)

@@ -77,7 +77,8 @@ class LocationGaussianEnsemble(nn.Module):
         """Fit the Gaussians on normal feature maps ``(n, D, h, w)``, streamed batch by batch in two passes.
 
         Args:
-            batches: the training images' feature maps; a one-shot iterator is read into a list first.
+            batches: the training images' feature maps, all channels or only :meth:`kept_channels`; a one-shot
+                iterator is read into a list first.
             count: number of images in ``batches``, checked when given.
 
         The first pass keeps only running sums (:class:`.location_moments.LocationMoments`), not the features. The
@@ -93,7 +94,7 @@ class LocationGaussianEnsemble(nn.Module):
             batches = list(batches)
         moments, seen = LocationMoments(self.gaussian_dim), 0
         for batch in batches:
-            moments.update(self._kept_channels(batch.detach().float().cpu()))
+            moments.update(self.kept_channels(batch.detach().float().cpu()))
             seen += len(batch)
         if count is not None and seen != count:
             msg = f"location Gaussian: told {count} training images, got {seen}"
@@ -125,8 +126,12 @@ class LocationGaussianEnsemble(nn.Module):
         self.mean, self.whitening = mean.to(device), whitening.to(device)
         return weights
 
-    def _kept_channels(self, features: torch.Tensor) -> torch.Tensor:
-        """The channels the Gaussians model, of features ``(N, D, h, w)``."""
+    def kept_channels(self, features: torch.Tensor) -> torch.Tensor:
+        """The channels the Gaussians model, of features ``(N, D, h, w)``; features that hold only those already
+        (``(N, C, h, w)``, a subset's width) pass as they are, so that a fit can collect the subset alone."""
+        subset_width = self.channels is not None and features.dim() == 4 and features.shape[1] == self.gaussian_dim
+        if subset_width:
+            return features
         if features.dim() != 4 or features.shape[1] != self.dim:
             msg = (f"location Gaussian: expected features (N, {self.dim}, h, w) (the model was built for {self.dim} "
                    f"channels), got {tuple(features.shape)}")
@@ -138,7 +143,7 @@ class LocationGaussianEnsemble(nn.Module):
         if not self.fitted:
             msg = "location Gaussian is not fitted: fit SimpleNet (it fits it at the start of fit) or call fit()"
             raise RuntimeError(msg)
-        features = self._kept_channels(features)
+        features = self.kept_channels(features)
         count, _, height, width = features.shape
         if height * width != self.mean.shape[0]:
             msg = (f"location Gaussian was fitted on a {self.mean.shape[0]}-location grid, got {height}×{width}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,14 +25,15 @@ def measure_feature_scale(
     features: TrainingFeatureCache,
     device: torch.device,
     collect: RowsByKey | None = None,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Scale of the training features and the number of images it was measured on.
 
     One pass over ``trainer``'s training batches through ``features`` (pre-processed as in training). With the
     feature cache active this pass *is* the cache's first pass (the first epoch then reads from the cache), so
     it costs nothing extra; without it, at most :data:`UNCACHED_SCALE_IMAGES` images are used. ``collect``, when
-    given, receives each batch's features ``(n, D, h, w)`` with their image keys (read back once per image, over all
-    ranks, for fits that need them all).
+    given, receives each batch's features ``(n, D, h, w)`` (or the part ``keep`` returns of them) with their image
+    keys (read back once per image, over all ranks, for fits that need them all).
     """
     transform = getattr(pre_processor, "transform", None)
     limit = None if features.active else UNCACHED_SCALE_IMAGES
@@ -46,7 +48,8 @@ def measure_feature_scale(
             batch_features = features(images, batch.image_path)
             moments.update(batch_features, batch.image_path)
             if collect is not None:
-                collect.add(batch_features.float(), moments.keys[-len(batch_features) :])
+                kept = batch_features if keep is None else keep(batch_features)
+                collect.add(kept.float(), moments.keys[-len(batch_features) :])
             if limit is not None and moments.images >= limit:
                 break
     finally:
