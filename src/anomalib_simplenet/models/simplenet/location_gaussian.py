@@ -5,9 +5,10 @@ The discriminator scores one location at a time, wherever it is in the image; on
 distance of each location's feature to that location's Gaussian, fitted on the frozen training features once at the
 start of fit (no training), to the discriminator's score. The covariance is Padim's ridge by default (see
 :mod:`anomalib_simplenet.components.mahalanobis`): with a few dozen images per location Ledoit–Wolf shrinks away the
-low-variance directions that separate defects from normal features. Each term is first divided into units of its own spread on
-normal training features (``(score - mean) / std``; the distance's as if on images its Gaussians did not see: each
-training image's leave-one-out distance), so neither dominates by its scale. Both are inference-time buffers: the model exports as before.
+low-variance directions that separate defects from normal features. Each term is first divided into units of its own
+spread on normal training features (``(score - mean) / std``; the distance's as if on images its Gaussians did not
+see: each training image's leave-one-out distance), so neither dominates by its scale. Both are inference-time
+buffers: the model exports as before.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class LocationGaussianEnsemble(nn.Module):
         seed: seed of the channel subset.
 
     Buffers (saved in checkpoints, exported): ``channels`` (the subset, when there is one), ``mean`` ``(G, C)`` and
-    ``whitening`` ``(G, C, C)`` (``C`` the channels kept; the Cholesky factor
-    ``L`` of each precision ``P = L·Lᵀ``: its values span the square root of the precision's range, so an FP16 export
-    stores them in f16) of the ``G = h·w`` Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the discriminator
-    score's running mean and variance, kept by a one-channel BatchNorm (``score_norm``) that only tracks: it behaves
+    ``whitening`` ``(G, C, C)`` (``C`` the channels kept; the Cholesky factor ``L`` of each precision ``P = L·Lᵀ``:
+    its values span the square root of the precision's range, so an FP16 export stores them in f16) of the
+    ``G = h·w`` Gaussians (sized when fitted or loaded), the distance's ``gaussian_stats`` (mean, std) and the
+    discriminator score's running mean and variance, kept by a one-channel BatchNorm (``score_norm``) that only tracks: it behaves
     as the discriminator's own BatchNorm layers do (momentum, per-process statistics under DDP, frozen with them).
     """
 
