@@ -93,7 +93,7 @@ class LocationGaussianEnsemble(nn.Module):
         """
         if isinstance(batches, Iterator):
             batches = list(batches)
-        moments, seen = LocationMoments(self.gaussian_dim), 0
+        moments, seen = LocationMoments(self.gaussian_dim, self.estimator), 0
         for batch in batches:
             moments.update(self.kept_channels(batch.detach().float().cpu()))
             seen += len(batch)
@@ -122,8 +122,8 @@ class LocationGaussianEnsemble(nn.Module):
         empirical covariance's weight per location ``(G,)``."""
         locations, device = moments.shift.shape[0], self.mean.device
         if tuple(self.whitening.shape) == (locations, self.gaussian_dim, self.gaussian_dim) and device.type == "cpu":
-            return moments.gaussians(out=(self.mean, self.whitening), estimator=self.estimator)[2]
-        mean, whitening, weights = moments.gaussians(estimator=self.estimator)
+            return moments.gaussians(out=(self.mean, self.whitening))[2]
+        mean, whitening, weights = moments.gaussians()
         self.mean, self.whitening = mean.to(device), whitening.to(device)
         return weights
 

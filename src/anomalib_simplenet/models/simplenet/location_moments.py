@@ -1,7 +1,7 @@
 """Running per-location sums of feature maps, from which one Gaussian per location is fitted (ridge or Ledoit–Wolf).
 
-The location Gaussian's fit needs, per location, the mean, the covariance and, for Ledoit–Wolf's shrinkage, the sum
-of ``‖x − mean‖⁴``; all three follow from running sums of ``y``, ``y·yᵀ``, ``‖y‖²·y`` and ``‖y‖⁴``. So the
+The location Gaussian's fit needs, per location, the mean, the covariance and, for Ledoit–Wolf's shrinkage only, the
+sum of ``‖x − mean‖⁴``; all three follow from running sums of ``y``, ``y·yᵀ``, ``‖y‖²·y`` and ``‖y‖⁴``. So the
 training features stream through batch by batch and only the ``(G, D, D)`` sums are kept, however many images
 there are, instead of every image's ``(D, h, w)`` features. The sums are kept in float64 and taken around a shift
 (the first batch's mean per location), so the covariance does not come from the difference of two large numbers.
@@ -26,10 +26,13 @@ class LocationMoments:
 
     Args:
         dim: feature length ``D``.
+        estimator: the covariance estimator of :meth:`gaussians`, ``"ridge"`` or ``"ledoit_wolf"`` (only the latter
+            keeps the fourth-moment sums).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, estimator: str = "ridge") -> None:
         self.dim = dim
+        self.estimator = check_estimator(estimator)
         self.count = 0
         self.shift: torch.Tensor | None = None  # (G, D)
         self.sums: torch.Tensor | None = None  # Σ y (G, D)
@@ -52,32 +55,30 @@ class LocationMoments:
             self.shift = samples.double().mean(dim=1)
             self.sums = torch.zeros(locations, self.dim, dtype=torch.float64, device=device)
             self.products = torch.zeros(locations, self.dim, self.dim, dtype=torch.float64, device=device)
-            self.weighted = torch.zeros(locations, self.dim, dtype=torch.float64, device=device)
-            self.fourth = torch.zeros(locations, dtype=torch.float64, device=device)
+            if self.estimator == "ledoit_wolf":
+                self.weighted = torch.zeros(locations, self.dim, dtype=torch.float64, device=device)
+                self.fourth = torch.zeros(locations, dtype=torch.float64, device=device)
         elif samples.shape[0] != self.shift.shape[0]:
             msg = f"location Gaussian: a {samples.shape[0]}-location batch after {self.shift.shape[0]}-location ones"
             raise ValueError(msg)
         for start in range(0, samples.shape[0], LOCATION_CHUNK):  # float64 temporaries of g·n·D values, not G·n·D
             chunk = slice(start, start + LOCATION_CHUNK)
             shifted = samples[chunk].double() - self.shift[chunk, None]
-            squared_norms = shifted.square().sum(dim=2)  # (g, n)
             self.sums[chunk] += shifted.sum(dim=1)
             self.products[chunk].baddbmm_(shifted.transpose(1, 2), shifted)
-            self.weighted[chunk] += (squared_norms[..., None] * shifted).sum(dim=1)
-            self.fourth[chunk] += squared_norms.square().sum(dim=1)
+            if self.fourth is not None:
+                squared_norms = shifted.square().sum(dim=2)  # (g, n)
+                self.weighted[chunk] += (squared_norms[..., None] * shifted).sum(dim=1)
+                self.fourth[chunk] += squared_norms.square().sum(dim=1)
         self.count += len(features)
 
     def gaussians(
-        self,
-        out: tuple[torch.Tensor, torch.Tensor] | None = None,
-        eps: float = COVARIANCE_EPS,
-        estimator: str = "ridge",
+        self, out: tuple[torch.Tensor, torch.Tensor] | None = None, eps: float = COVARIANCE_EPS
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Means ``(G, D)`` and whitening factors ``(G, D, D)`` (Cholesky ``L`` of each precision ``L·Lᵀ``) of the
-        Gaussians of the images added so far (covariance by ``estimator``: ``"ridge"`` or ``"ledoit_wolf"``, see
+        Gaussians of the images added so far (covariance by the estimator, see
         :mod:`anomalib_simplenet.components.mahalanobis`), written into ``out`` when given (float32 else), and the
         weights ``(G,)`` of the empirical covariance in each (1 for the ridge, 1 − shrinkage for Ledoit–Wolf)."""
-        check_estimator(estimator)
         if self.shift is None or self.count < 2:
             msg = f"location Gaussian: need at least 2 images to fit a Gaussian, got {self.count}"
             raise ValueError(msg)
@@ -92,7 +93,7 @@ class LocationMoments:
             mean = self.sums[chunk] / self.count  # of the shifted features
             products = self.products[chunk]
             empirical = products / self.count - mean[:, :, None] * mean[:, None, :]
-            if estimator == "ridge":
+            if self.estimator == "ridge":
                 covariance = ridge_covariance(empirical, variance)
             else:
                 covariance, shrinkage = ledoit_wolf_shrinkage(empirical, self._fourth(chunk, mean), self.count)
