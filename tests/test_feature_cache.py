@@ -16,13 +16,15 @@ from torchvision.transforms import v2
 
 from anomalib_simplenet import SimpleNet
 from anomalib_simplenet.components.resize import AntialiasedResize
+from anomalib_simplenet.lab import data as lab_data
 from anomalib_simplenet.models.simplenet.feature_cache import FeatureCache, TrainingFeatureCache, cache_mode
+from anomalib_simplenet.models.simplenet.fit_caches import FitFeatureCaches
 from anomalib_simplenet.models.simplenet.training_data import (
+    ImagelessItems,
     random_steps,
     read_only_uncached_images,
     uncacheable_reason,
 )
-from anomalib_simplenet.lab import data as lab_data
 
 from .conftest import TINY_SIMPLENET
 
@@ -202,6 +204,13 @@ def test_fallback_when_augmentations_are_on(synthetic_root: Path, caplog: pytest
     datamodule.train_augmentations = None
     datamodule._update_augmentations()
     assert uncacheable_reason(trainer) is None
+    assert uncacheable_reason(trainer, stage="val") is None
+    datamodule.val_augmentations = v2.Compose([v2.RandomVerticalFlip(), v2.Resize((64, 64))])
+    datamodule._update_augmentations()
+    assert uncacheable_reason(trainer, stage="val") == "validation augmentations are on (RandomVerticalFlip)"
+    assert uncacheable_reason(trainer) is None, "the training images' cache does not depend on validation's"
+    with pytest.raises(ValueError, match="stage"):
+        uncacheable_reason(trainer, stage="test")
     assert "not an anomalib dataset" in uncacheable_reason(SimpleNamespace(datamodule=None, train_dataloader=None))
 
 
@@ -248,6 +257,78 @@ def test_loader_skips_only_the_files_of_cached_images(synthetic_root: Path,
     dataset.__class__ = OwnReading
     assert read_only_uncached_images(loader, paths) is None
     assert read_only_uncached_images(object(), paths) is None
+
+
+class _ValidationBatches(Callback):
+    """What every validation epoch's batches carried after pre-processing, and what the model predicted."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[dict[str, torch.Tensor | list[str]]]] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append([])
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.epochs[-1].append({"paths": list(batch.image_path), "image_size": torch.tensor(batch.image.shape[-2:]),
+                                "mask": batch.gt_mask.clone(), "map": batch.anomaly_map.clone()})
+
+
+def _fit_validating(root: Path, tmp: Path) -> tuple[SimpleNet, _ValidationBatches]:
+    torch.manual_seed(0)
+    model, batches = SimpleNet(**TINY_SIMPLENET, feature_cache="memory"), _ValidationBatches()
+    engine = Engine(max_epochs=3, default_root_dir=tmp, accelerator="cpu", logger=False, enable_progress_bar=False,
+                    callbacks=[batches])
+    engine.fit(model, datamodule=lab_data.datamodule(root, "synthetic", eval_batch_size=4))
+    return model, batches
+
+
+def test_validation_reads_its_images_once_and_keeps_masks_and_predictions(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the second validation on, the validation images' files are not decoded; their masks (anomalous and
+    normal) reach the post-processor at the model's size as before, and predictions and the fitted thresholds
+    equal those of a fit that reads every image every epoch."""
+    read_files: list[str] = []
+    read = image_dataset.read_image
+    monkeypatch.setattr(image_dataset, "read_image", lambda path, *a, **k: read_files.append(str(path)) or read(path, *a, **k))
+    skipping, skipped = _fit_validating(synthetic_root, tmp_path / "skipping")
+    validation_paths = {path for batch in skipped.epochs[0] for path in batch["paths"]}
+    assert len(validation_paths) == 9  # half of the 18 test images
+    assert sum(path in validation_paths for path in read_files) == 9, "each validation image decoded once"
+
+    read_files.clear()
+    monkeypatch.setattr(FitFeatureCaches, "skip_cached_validation_images", lambda self, trainer: None)
+    reading, read_every_epoch = _fit_validating(synthetic_root, tmp_path / "reading")
+    assert sum(path in validation_paths for path in read_files) == 27, "without skipping: every epoch"
+    assert len(skipped.epochs) == len(read_every_epoch.epochs) == 3
+    for epoch, reference in zip(skipped.epochs, read_every_epoch.epochs, strict=True):
+        for batch, expected in zip(epoch, reference, strict=True):
+            assert batch["paths"] == expected["paths"]
+            assert batch["image_size"].tolist() == [64, 64]
+            torch.testing.assert_close(batch["mask"], expected["mask"], rtol=0, atol=0)
+            torch.testing.assert_close(batch["map"], expected["map"])
+    assert any(batch["mask"].any() for batch in skipped.epochs[-1]), "anomalous masks reach the last validation"
+    for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+        torch.testing.assert_close(getattr(skipping.post_processor, name), getattr(reading.post_processor, name))
+    assert "__getitems__" not in vars(skipping.trainer.datamodule.val_data), "test images are read again after fit"
+
+
+def test_validation_stand_ins_carry_the_masks_the_dataset_gives(synthetic_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the dataset's own resize (as for images of mixed sizes), a stand-in item's mask equals the real
+    item's, for normal and anomalous images, and its image has the real item's size; no image is decoded."""
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic", image_size=(48, 40))
+    datamodule.setup()
+    dataset = datamodule.val_data
+    real = [dataset[index] for index in range(len(dataset))]
+    monkeypatch.setattr(image_dataset, "read_image", lambda *args, **kwargs: pytest.fail("an image was decoded"))
+    stand_ins = ImagelessItems(dataset, set(dataset.samples.image_path), keep_masks=True)(list(range(len(dataset))))
+    assert {int(item.gt_label) for item in stand_ins} == {0, 1}
+    for item, expected in zip(stand_ins, real, strict=True):
+        assert item.image_path == expected.image_path and int(item.gt_label) == int(expected.gt_label)
+        assert item.image.shape == expected.image.shape == (3, 48, 40)
+        torch.testing.assert_close(item.gt_mask, expected.gt_mask, rtol=0, atol=0)
+    assert any(item.gt_mask.any() for item in stand_ins)
 
 
 def test_cache_arguments_are_checked() -> None:

@@ -26,7 +26,7 @@ import torch
 
 from anomalib_simplenet.components.distributed import rank_directory
 
-from .training_data import read_only_uncached_images, train_set_size, uncacheable_reason
+from .training_data import check_stage, loader_size, read_only_uncached_images, set_size, uncacheable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class TrainingFeatureCache:
         max_bytes: bound of the cached data; if the whole training set would not fit, nothing is cached.
         directory: folder for ``"disk"`` (a temporary one, removed at :meth:`stop`, when ``None``).
         dtype: storage precision, one of :data:`CACHE_DTYPES` (features are served back in float32).
+        stage: the images it serves: ``"train"`` or ``"val"`` (whose data decide whether caching is safe).
 
     Call :meth:`start` when fitting starts, the object itself in each training step, :meth:`stop` at the end.
     """
@@ -163,10 +164,12 @@ class TrainingFeatureCache:
         max_bytes: int = 4 * 2**30,
         directory: str | Path | None = None,
         dtype: str = "float32",
+        stage: str = "train",
     ) -> None:
         if dtype not in CACHE_DTYPES:
             msg = f"feature cache dtype must be one of {list(CACHE_DTYPES)}, got {dtype!r}"
             raise ValueError(msg)
+        self.stage = check_stage(stage)
         self.extract = extract
         self.dtype = CACHE_DTYPES[dtype]
         self.mode = cache_mode(mode)
@@ -198,7 +201,7 @@ class TrainingFeatureCache:
         if self.mode == "off":
             self.reason = "feature_cache is off"
             return
-        reason = uncacheable_reason(trainer, pre_processor)
+        reason = uncacheable_reason(trainer, pre_processor, self.stage)
         if reason is not None:
             self._fall_back(reason)
             return
@@ -207,7 +210,7 @@ class TrainingFeatureCache:
         if self.mode == "disk":
             directory = rank_directory(self.directory) if self.directory else ""
         self.cache = FeatureCache(self.max_bytes, directory, self.dtype)
-        self.expected_images = train_set_size(trainer)
+        self.expected_images = set_size(trainer, self.stage)
         self.reason, self._full_reported = None, False
         logger.info(
             "Feature cache on (%s, at most %.2f GB): backbone features are computed in the first epoch only.",
@@ -226,13 +229,18 @@ class TrainingFeatureCache:
     def skip_cached_images(self, loader: Any) -> bool:
         """Let ``loader`` skip reading the image files whose features are cached, until :meth:`stop`.
 
-        Call it once the cache is filled (a partly filled cache still reads the other images). ``False`` when
+        Call it once the cache is filled. Training: a partly filled cache still reads the other images.
+        Validation: only once every image of the loader is cached (its batches go through the pre-processor,
+        which cannot resize stand-ins and real images into one batch); the masks are still read. ``False`` when
         the loader's dataset is not one whose reading can be skipped (see
-        :func:`~.training_data.read_only_uncached_images`) or nothing is cached.
+        :func:`~.training_data.read_only_uncached_images`) or nothing (validation: not everything) is cached.
         """
         if self.cache is None or len(self.cache) == 0 or self._read_images_again is not None:
             return False
-        self._read_images_again = read_only_uncached_images(loader, self.cache.keys())
+        validation = self.stage == "val"
+        if validation and len(self.cache) != loader_size(loader):
+            return False
+        self._read_images_again = read_only_uncached_images(loader, self.cache.keys(), keep_masks=validation)
         return self._read_images_again is not None
 
     def holds(self, keys: Sequence[str] | None) -> bool:

@@ -91,7 +91,8 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
             ``feature_cache_max_gb`` (``wide_resnet50_2`` at 288 px: 8 MB per image). Training batches served
             from the cache carry 3×1×1 stand-in images (their files are not read); ``False`` keeps real images
             for callbacks that look at them. While fitting, the
-            validation images' features are cached the same way (a second cache of the same bound).
+            validation images' features are cached the same way (a second cache of the same bound), and once all
+            are cached, later validation batches carry stand-in images too (with their real masks).
         feature_cache_max_gb: bound of the cache in GiB.
         feature_cache_dir: folder for ``feature_cache="disk"`` (default: a temporary folder, removed after fit).
         feature_cache_dtype: precision the cached features are stored in: ``"float32"`` or ``"float16"`` (half
@@ -264,6 +265,12 @@ class SimpleNet(PluginModuleMixin, AnomalibModule):
         self._val_noise: torch.Generator | None = None
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self._validations += 1  # a fresh val_loss for the learns-nothing check
+
+    def on_validation_epoch_end(self) -> None:
+        """Once every validation image's features are cached, later validations of this fit skip decoding the
+        images (their masks are still read)."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.feature_caches.skip_cached_validation_images(self.trainer)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict on validation images (the post-processor fits its threshold and normalisation on them).
