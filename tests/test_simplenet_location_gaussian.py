@@ -141,6 +141,20 @@ def test_model_scores_with_the_ensemble_and_reloads_it() -> None:
     assert SimpleNetModel(**{**SMALL, "location_gaussian": False}).location_gaussian is None
 
 
+def test_checkpoint_without_gaussians_names_the_argument_that_loads_it(caplog: pytest.LogCaptureFixture) -> None:
+    """A discriminator-only checkpoint loads into a model built with location_gaussian=False; loading it into a
+    default one fails on the missing keys, after a warning that names the argument."""
+    plain = SimpleNetModel(**{**SMALL, "location_gaussian": False}).state_dict()
+    with pytest.raises(RuntimeError, match="location_gaussian.mean"):
+        SimpleNetModel(**SMALL).load_state_dict(plain)
+    assert "build the model with location_gaussian=False" in caplog.text
+    caplog.clear()
+    SimpleNetModel(**{**SMALL, "location_gaussian": False}).load_state_dict(plain)
+    reloaded = SimpleNetModel(**SMALL)
+    reloaded.load_state_dict(reloaded.state_dict())
+    assert "location_gaussian=False" not in caplog.text, "no warning for a checkpoint that has them"
+
+
 @pytest.mark.slow
 def test_ensemble_exports_to_openvino() -> None:
     ov = pytest.importorskip("openvino")

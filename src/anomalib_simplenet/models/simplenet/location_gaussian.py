@@ -13,6 +13,7 @@ buffers: the model exports as before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from anomalib_simplenet.components.mahalanobis import check_estimator
 
 from .location_moments import LocationMoments
 
+logger = logging.getLogger(__name__)
 TRACK_MOMENTUM = 0.1  # running statistics of the discriminator's normal scores: BatchNorm's default
 
 
@@ -67,10 +69,17 @@ class LocationGaussianEnsemble(nn.Module):
         return self.mean.shape[0] > 0
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Take the grid size ``G`` of a saved ensemble before loading it (the buffers start empty)."""
+        """Take the grid size ``G`` of a saved ensemble before loading it (the buffers start empty); for a
+        checkpoint without the Gaussians, log how to load it (torch then names the missing keys)."""
         for name in ("mean", "whitening"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        if prefix + "mean" not in state_dict:
+            logger.warning(
+                "The checkpoint has no location Gaussians (%smean): it was saved by a SimpleNet scoring with its "
+                "discriminator alone (or before features of its width got Gaussians by default); build the model "
+                "with location_gaussian=False to load it.", prefix,
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
