@@ -21,6 +21,7 @@ from anomalib_simplenet.models.simplenet.feature_cache import FeatureCache, Trai
 from anomalib_simplenet.models.simplenet.fit_caches import FitFeatureCaches
 from anomalib_simplenet.models.simplenet.training_data import (
     ImagelessItems,
+    fetch_in_process,
     random_steps,
     read_only_uncached_images,
     uncacheable_reason,
@@ -257,6 +258,36 @@ def test_loader_skips_only_the_files_of_cached_images(synthetic_root: Path,
     dataset.__class__ = OwnReading
     assert read_only_uncached_images(loader, paths) is None
     assert read_only_uncached_images(object(), paths) is None
+
+
+def test_loader_fetches_in_process_once_every_image_is_cached(synthetic_root: Path) -> None:
+    """Worker processes would be forked every epoch only to hand out stand-ins: a loader whose every image is
+    cached fetches in this process until the cache stops; one with an uncached image keeps its workers."""
+    datamodule = lab_data.datamodule(synthetic_root, "synthetic", batch_size=4, num_workers=2)
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    paths = list(loader.dataset.samples.image_path)
+    partial = TrainingFeatureCache(lambda images: images, mode="memory")
+    partial.cache = FeatureCache(2**20)
+    partial.cache.put(paths[:-1], torch.zeros(len(paths) - 1, 2, 1, 1))
+    assert partial.skip_cached_images(loader)
+    assert loader.num_workers == 2, "the uncached image is still decoded by a worker"
+    partial.stop()
+    full = TrainingFeatureCache(lambda images: images, mode="memory")
+    full.cache = FeatureCache(2**20)
+    full.cache.put(paths, torch.zeros(len(paths), 2, 1, 1))
+    assert full.skip_cached_images(loader)
+    assert loader.num_workers == 0
+    batches = list(loader)
+    assert sorted(path for batch in batches for path in batch.image_path) == sorted(paths)
+    assert all(batch.image.shape[-2:] == (1, 1) for batch in batches)
+    full.stop()
+    assert loader.num_workers == 2
+    assert "__getitems__" not in vars(loader.dataset)
+    persistent = torch.utils.data.DataLoader(loader.dataset, num_workers=1, persistent_workers=True)
+    assert fetch_in_process(persistent) is None, "persistent workers are started once already"
+    assert persistent.num_workers == 1
+    assert fetch_in_process(torch.utils.data.DataLoader(loader.dataset)) is None
 
 
 class _ValidationBatches(Callback):

@@ -26,7 +26,14 @@ import torch
 
 from anomalib_simplenet.components.distributed import rank_directory
 
-from .training_data import check_stage, loader_size, read_only_uncached_images, set_size, uncacheable_reason
+from .training_data import (
+    check_stage,
+    fetch_in_process,
+    loader_size,
+    read_only_uncached_images,
+    set_size,
+    uncacheable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +238,9 @@ class TrainingFeatureCache:
 
         Call it once the cache is filled. Training: a partly filled cache still reads the other images.
         Validation: only once every image of the loader is cached (its batches go through the pre-processor,
-        which cannot resize stand-ins and real images into one batch); the masks are still read. ``False`` when
+        which cannot resize stand-ins and real images into one batch); the masks are still read. Once every image
+        of the loader is cached, its batches are also fetched without worker processes
+        (:func:`~.training_data.fetch_in_process`). ``False`` when
         the loader's dataset is not one whose reading can be skipped (see
         :func:`~.training_data.read_only_uncached_images`) or nothing (validation: not everything) is cached.
         """
@@ -240,8 +249,18 @@ class TrainingFeatureCache:
         validation = self.stage == "val"
         if validation and len(self.cache) != loader_size(loader):
             return False
-        self._read_images_again = read_only_uncached_images(loader, self.cache.keys(), keep_masks=validation)
-        return self._read_images_again is not None
+        skip = read_only_uncached_images(loader, self.cache.keys(), keep_masks=validation)
+        if skip is None:
+            return False
+        in_process = fetch_in_process(loader) if len(self.cache) == loader_size(loader) else None
+
+        def read_again() -> None:
+            skip()
+            if in_process is not None:
+                in_process()
+
+        self._read_images_again = read_again
+        return True
 
     def holds(self, keys: Sequence[str] | None) -> bool:
         """True when the features of every one of ``keys`` are cached: that batch's images will not be read."""
