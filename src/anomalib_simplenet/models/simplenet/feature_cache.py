@@ -247,12 +247,13 @@ class TrainingFeatureCache:
         if self.cache is None or len(self.cache) == 0 or self._read_images_again is not None:
             return False
         validation = self.stage == "val"
-        if validation and len(self.cache) != loader_size(loader):
+        complete = len(self.cache) == loader_size(loader)
+        if validation and not complete:
             return False
         skip = read_only_uncached_images(loader, self.cache.keys(), keep_masks=validation)
         if skip is None:
             return False
-        in_process = fetch_in_process(loader) if len(self.cache) == loader_size(loader) else None
+        in_process = fetch_in_process(loader) if complete else None
 
         def read_again() -> None:
             skip()
